@@ -1,0 +1,12 @@
+"""Linear-algebra backends: the only way algorithms touch operator-sized vectors."""
+
+from hessian_eigenthings.linalg.backend import LinAlgBackend, SingleDeviceBackend
+from hessian_eigenthings.linalg.random import Distribution, make_generator, random_vectors
+
+__all__ = [
+    "Distribution",
+    "LinAlgBackend",
+    "SingleDeviceBackend",
+    "make_generator",
+    "random_vectors",
+]

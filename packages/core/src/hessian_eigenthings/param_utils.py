@@ -1,0 +1,222 @@
+"""Parameter selection and the flat-vector ↔ parameter views every operator uses.
+
+The vector space of an operator is the concatenation, in ``model.named_parameters()`` order,
+of the parameters that have ``requires_grad`` and pass the operator's ``param_filter``.
+Shared (tied) parameters appear once, as ``named_parameters()`` reports them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeAlias
+
+import torch
+from torch import nn
+
+from hessian_eigenthings.errors import InvalidArgumentError
+
+__all__ = [
+    "ParamFilter",
+    "ParamSpace",
+    "match_names",
+    "match_regex",
+    "params_to_vector",
+    "select_parameters",
+    "vector_to_params",
+]
+
+ParamFilter: TypeAlias = Callable[[str, nn.Parameter], bool]
+
+
+def _glob_to_regex(pattern: str) -> str:
+    """Translate a dotted-name glob into a regex body.
+
+    ``*`` matches within one dotted component, ``?`` one character other than ``.``,
+    ``[...]`` a character class (``[!...]`` negated), and ``**`` any number of components
+    (including none when it stands as a whole component).
+    """
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if pattern.startswith("**", i):
+            whole = (i == 0 or pattern[i - 1] == ".") and (i + 2 == n or pattern[i + 2] == ".")
+            if whole and i + 2 < n:  # "**." : zero or more leading components
+                out.append(r"(?:[^.]+\.)*")
+                i += 3
+                continue
+            if whole and i > 0:  # ".**" at the end: drop the dot we already emitted
+                out.pop()
+                out.append(r"(?:\..+)?")
+            else:
+                out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append(r"[^.]*")
+            i += 1
+        elif c == "?":
+            out.append(r"[^.]")
+            i += 1
+        elif c == "[":
+            close = pattern.find("]", i + 2 if pattern.startswith("[!", i) else i + 1)
+            if close == -1:
+                out.append(re.escape(c))
+                i += 1
+                continue
+            body = pattern[i + 1 : close]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = close + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return "".join(out)
+
+
+def match_names(*patterns: str) -> ParamFilter:
+    """A filter selecting parameters whose dotted name matches any of the glob ``patterns``.
+
+    ``*`` matches inside one name component, ``**`` any number of components, ``?`` one
+    character, ``[abc]`` a character set. A pattern that names a module selects all of that
+    module's parameters, so ``match_names("transformer.h.*.attn")`` and
+    ``match_names("transformer.h.*.attn.*")`` both select ``transformer.h.0.attn.c_attn.weight``.
+
+    >>> f = match_names("blocks.*.attn.*")
+    >>> f("blocks.0.attn.W_Q", None), f("blocks.0.mlp.W_in", None)
+    (True, False)
+    """
+    if not patterns:
+        raise InvalidArgumentError("match_names needs at least one pattern, e.g. 'layers.*.attn'")
+    for p in patterns:
+        if not isinstance(p, str) or not p:
+            raise InvalidArgumentError(f"match_names patterns must be non-empty strings, got {p!r}")
+    regex = re.compile("(?:" + "|".join(_glob_to_regex(p) for p in patterns) + r")(?:\..+)?")
+
+    def _filter(name: str, param: nn.Parameter | None = None) -> bool:
+        return regex.fullmatch(name) is not None
+
+    _filter.__name__ = f"match_names({', '.join(map(repr, patterns))})"
+    return _filter
+
+
+def match_regex(pattern: str | re.Pattern[str]) -> ParamFilter:
+    """A filter selecting parameters whose name contains a match of the regular expression.
+
+    Uses ``re.search``; anchor with ``^``/``$`` for whole-name matches.
+    """
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        raise InvalidArgumentError(
+            f"match_regex: invalid regular expression {pattern!r}: {e}"
+        ) from e
+
+    def _filter(name: str, param: nn.Parameter | None = None) -> bool:
+        return regex.search(name) is not None
+
+    _filter.__name__ = f"match_regex({regex.pattern!r})"
+    return _filter
+
+
+def select_parameters(
+    model: nn.Module, param_filter: ParamFilter | None = None
+) -> list[tuple[str, nn.Parameter]]:
+    """The ``(name, parameter)`` pairs an operator works on, in ``named_parameters()`` order.
+
+    Keeps parameters with ``requires_grad`` that pass ``param_filter`` (all when ``None``).
+    Raises :class:`InvalidArgumentError` when nothing is selected.
+    """
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if param_filter is not None and not callable(param_filter):
+        raise InvalidArgumentError(
+            "param_filter must be a callable (name, parameter) -> bool, e.g. match_names('fc.*')"
+        )
+    selected = [
+        (name, p)
+        for name, p in model.named_parameters()
+        if p.requires_grad and (param_filter is None or param_filter(name, p))
+    ]
+    if not selected:
+        names = [n for n, _ in model.named_parameters()][:8]
+        raise InvalidArgumentError(
+            "param_filter selected no trainable parameters; check its patterns against the "
+            f"model's parameter names (first ones: {names}) and that they have requires_grad=True"
+        )
+    return selected
+
+
+def params_to_vector(params: Iterable[torch.Tensor] | Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Concatenate tensors (or a mapping's values, in order) into one flat vector."""
+    tensors = list(params.values() if isinstance(params, Mapping) else params)
+    if not tensors:
+        raise InvalidArgumentError("params_to_vector needs at least one tensor")
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) > 1:
+        raise InvalidArgumentError(
+            f"params_to_vector got tensors of several dtypes {sorted(map(str, dtypes))}; "
+            "convert them to one dtype first"
+        )
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+def vector_to_params(vec: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Split a flat vector into views shaped like ``like`` (the inverse of ``params_to_vector``)."""
+    numels = [t.numel() for t in like]
+    if vec.ndim != 1 or vec.numel() != sum(numels):
+        raise InvalidArgumentError(
+            f"vector must be 1-D with {sum(numels)} entries (the parameters' total size), "
+            f"got shape {tuple(vec.shape)}"
+        )
+    chunks = torch.split(vec, numels)
+    return [chunk.view(t.shape) for chunk, t in zip(chunks, like, strict=True)]
+
+
+@dataclass(frozen=True)
+class ParamSpace:
+    """The selected parameters of a model and the layout of their flat vector."""
+
+    names: tuple[str, ...]
+    params: tuple[nn.Parameter, ...]
+
+    @classmethod
+    def from_model(cls, model: nn.Module, param_filter: ParamFilter | None = None) -> ParamSpace:
+        """Select as :func:`select_parameters` does; the selection must share dtype and device."""
+        pairs = select_parameters(model, param_filter)
+        space = cls(tuple(n for n, _ in pairs), tuple(p for _, p in pairs))
+        kinds = {(p.dtype, p.device) for p in space.params}
+        if len(kinds) > 1:
+            raise InvalidArgumentError(
+                "the selected parameters mix dtypes/devices "
+                f"{sorted({f'{d}@{dev}' for d, dev in kinds})}; use param_filter to pick one kind"
+            )
+        return space
+
+    @property
+    def size(self) -> int:
+        """Total number of entries n."""
+        return sum(p.numel() for p in self.params)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.params[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.params[0].device
+
+    def flatten(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """One flat vector from parameter-shaped tensors (``None`` entries count as zeros)."""
+        return torch.cat(
+            [
+                (t if t is not None else torch.zeros_like(p)).reshape(-1)
+                for t, p in zip(tensors, self.params, strict=True)
+            ]
+        )
+
+    def unflatten(self, vec: torch.Tensor) -> list[torch.Tensor]:
+        """Parameter-shaped views of a flat vector."""
+        return vector_to_params(vec, self.params)
