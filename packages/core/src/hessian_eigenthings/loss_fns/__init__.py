@@ -9,15 +9,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from hessian_eigenthings.loss_fns.ce_hvp import ce_hvp, ce_hvp_eager, resolve_ce_hvp_backend
 from hessian_eigenthings.plugins.provided import PLUGIN_PROVIDED_NAMES, resolve_provided_name
 from hessian_eigenthings.plugins.types import CEHvpBackend
 
-__all__ = ["BUILTIN_CE_HVP_BACKENDS", "BUILTIN_LOSS_FNS"]
+__all__ = [
+    "BUILTIN_CE_HVP_BACKENDS",
+    "BUILTIN_LOSS_FNS",
+    "ce_hvp",
+    "ce_hvp_eager",
+    "resolve_ce_hvp_backend",
+]
 
 #: Loss-function factories the core registers through ``register_loss_fns``.
 BUILTIN_LOSS_FNS: dict[str, Callable[..., Any]] = {}
 #: CE-HVP backends the core registers: name → (backend, description).
-BUILTIN_CE_HVP_BACKENDS: dict[str, tuple[CEHvpBackend, str]] = {}
+BUILTIN_CE_HVP_BACKENDS: dict[str, tuple[CEHvpBackend, str]] = {
+    "eager": (
+        CEHvpBackend(fn=ce_hvp_eager, priority=0, supports=lambda logits, u: None),
+        "plain PyTorch reference; several (N, V) temporaries",
+    ),
+}
 
 
 def __getattr__(name: str) -> Any:

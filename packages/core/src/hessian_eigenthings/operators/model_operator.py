@@ -1,0 +1,248 @@
+"""The engine under every model-based operator.
+
+A model operator is the curvature of the dataset-mean loss over the batches it iterates:
+
+    A = s · Σ_b w_b A_b / Σ_b w_b,
+
+where A_b is the curvature of batch b's (mean-reduced) loss, w_b the batch's weight (its number
+of samples, or whatever the loss callable's ``batch_weight(batch)`` declares, e.g. valid
+tokens) and s = ``num_total_samples`` (1 by default; set it to N to get the curvature of the
+*summed* loss over a training set of N samples). A short last batch therefore does not bias the
+result, and ``microbatch_size`` — which splits each batch into chunks that are weighted the same
+way — never changes it.
+
+Subclasses supply the product for one batch, :meth:`ModelCurvatureOperator.batch_matmat` (or
+:meth:`~ModelCurvatureOperator.batch_matvec`); the engine does everything else: parameter
+selection and flat-vector views, batch iteration and device moves, microbatching and weighting,
+input/output checks, and restoring the model's state after every product.
+"""
+
+from __future__ import annotations
+
+from abc import ABC
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from hessian_eigenthings.errors import InvalidArgumentError, NonFiniteError
+from hessian_eigenthings.linalg import LinAlgBackend, SingleDeviceBackend
+from hessian_eigenthings.operators.base import CurvatureOperator
+from hessian_eigenthings.operators.batching import (
+    BatchWeightFn,
+    as_reiterable,
+    batch_leading_size,
+    move_to_device,
+    split_batch,
+)
+from hessian_eigenthings.operators.model_state import check_model_modes, preserved_model_state
+from hessian_eigenthings.param_utils import ParamFilter, ParamSpace
+
+__all__ = ["ModelCurvatureOperator"]
+
+
+def _positive_int_or_none(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgumentError(f"{name} must be a positive int or None, got {value!r}")
+    return value
+
+
+class ModelCurvatureOperator(CurvatureOperator, ABC):
+    """Base class of operators defined by a model, a dataloader and a per-batch product.
+
+    Args:
+        model: the model; its selected parameters span the operator's vector space.
+        dataloader: an iterable of batches, re-iterated for every product (one-shot iterators
+            are materialised once). It must yield the same batches each time (no shuffling).
+        param_filter: which parameters to include (all with ``requires_grad`` when ``None``).
+        full_dataset: use every batch (``True``) or only the first ``num_batches`` (default 1).
+        num_batches: use at most this many batches from the start of the dataloader.
+        microbatch_size: split batches into chunks of at most this many samples (memory only:
+            the result is unchanged).
+        num_total_samples: scale the mean curvature by this (the summed-loss curvature of a
+            training set this large).
+        backend: the :class:`LinAlgBackend` algorithms should use with this operator.
+    """
+
+    #: Operators that perturb the parameters (finite differences) set this so the engine
+    #: snapshots and restores parameter and buffer values around every product.
+    perturbs_parameters: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dataloader: Any,
+        *,
+        param_filter: ParamFilter | None = None,
+        full_dataset: bool = True,
+        num_batches: int | None = None,
+        microbatch_size: int | None = None,
+        num_total_samples: int | None = None,
+        backend: LinAlgBackend | None = None,
+    ) -> None:
+        self.model = model
+        self.space = ParamSpace.from_model(model, param_filter)
+        self.dataloader = as_reiterable(dataloader)
+        self.num_batches = _positive_int_or_none(num_batches, "num_batches")
+        if not full_dataset and self.num_batches is None:
+            self.num_batches = 1
+        self.microbatch_size = _positive_int_or_none(microbatch_size, "microbatch_size")
+        self.num_total_samples = _positive_int_or_none(num_total_samples, "num_total_samples")
+        self.backend: LinAlgBackend = backend if backend is not None else SingleDeviceBackend()
+        self.weight_fn: BatchWeightFn = batch_leading_size
+        self._dropout_warned = [False]
+
+    # -- what a subclass provides ----------------------------------------------------------
+
+    def batch_matmat(self, batch: Any, V: Sequence[torch.Tensor]) -> Sequence[torch.Tensor | None]:
+        """Products of one batch's curvature with m directions.
+
+        ``V[i]`` has shape ``(m, *param_i.shape)``; return tensors of the same shapes (``None``
+        for an all-zero block). The default calls :meth:`batch_matvec` once per direction.
+        """
+        m = V[0].shape[0]
+        cols = [self.batch_matvec(batch, [v[j] for v in V]) for j in range(m)]
+        out: list[torch.Tensor | None] = []
+        for i, v in enumerate(V):
+            col_i = [c[i] for c in cols]
+            if all(c is None for c in col_i):
+                out.append(None)
+            else:
+                out.append(
+                    torch.stack([c if c is not None else torch.zeros_like(v[0]) for c in col_i])
+                )
+        return out
+
+    def batch_matvec(self, batch: Any, v: Sequence[torch.Tensor]) -> Sequence[torch.Tensor | None]:
+        """Product of one batch's curvature with one parameter-shaped direction ``v``."""
+        out = self.batch_matmat(batch, [t.unsqueeze(0) for t in v])
+        first: list[torch.Tensor | None] = [None if t is None else t[0] for t in out]
+        return first
+
+    def batch_weight(self, batch: Any) -> float:
+        """How much ``batch`` counts in the dataset mean: ``self.weight_fn(batch)``.
+
+        ``weight_fn`` defaults to the batch's sample count; subclasses set it from their loss
+        callables with :func:`~hessian_eigenthings.operators.batching.resolve_batch_weight`.
+        """
+        return float(self.weight_fn(batch))
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        base = ModelCurvatureOperator
+        if (
+            not getattr(cls, "__abstractmethods__", None)
+            and cls.batch_matmat is base.batch_matmat
+            and cls.batch_matvec is base.batch_matvec
+        ):
+            raise TypeError(f"{cls.__name__} must override batch_matmat or batch_matvec")
+
+    # -- CurvatureOperator ------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return self.space.size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.space.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.space.device
+
+    @property
+    def params(self) -> tuple[nn.Parameter, ...]:
+        """The selected parameters, in vector order."""
+        return self.space.params
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        self.check_vector(v)
+        return self._apply(v.unsqueeze(1))[:, 0]
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        self.check_vector(V, "V", ndim=2)
+        if V.shape[1] == 0:
+            return V.clone()
+        return self._apply(V)
+
+    # -- the engine -------------------------------------------------------------------------
+
+    def iter_batches(self) -> Iterator[Any]:
+        """The batches one product uses, on the operator's device (not split)."""
+        for i, batch in enumerate(self.dataloader):
+            if self.num_batches is not None and i >= self.num_batches:
+                break
+            yield move_to_device(batch, self.device)
+
+    def _accumulate_dtype(self) -> torch.dtype:
+        return torch.float32 if self.dtype in (torch.float16, torch.bfloat16) else self.dtype
+
+    def _apply(self, V: torch.Tensor) -> torch.Tensor:
+        """Σ_b w_b A_b V / Σ_b w_b over all (micro)batches, for V of shape (n, m)."""
+        m = V.shape[1]
+        numels = [p.numel() for p in self.params]
+        directions = [
+            chunk.T.reshape(m, *p.shape)
+            for chunk, p in zip(torch.split(V.detach(), numels), self.params, strict=True)
+        ]
+        acc = torch.zeros(self.size, m, dtype=self._accumulate_dtype(), device=self.device)
+        total_weight = 0.0
+        seen = 0
+        check_model_modes(self.model, warned=self._dropout_warned)
+        with preserved_model_state(self.model, restore_values=self.perturbs_parameters):
+            for index, batch in enumerate(self.iter_batches()):
+                seen += 1
+                chunks = (
+                    [batch]
+                    if self.microbatch_size is None
+                    else split_batch(batch, self.microbatch_size)
+                )
+                for chunk in chunks:
+                    weight = self.batch_weight(chunk)
+                    if weight == 0:  # e.g. every token ignored: contributes nothing
+                        continue
+                    if not weight > 0:
+                        raise InvalidArgumentError(
+                            f"batch {index} has weight {weight}; batch weights must be ≥ 0"
+                        )
+                    blocks = self.batch_matmat(chunk, directions)
+                    acc.add_(self._flatten_blocks(blocks, m), alpha=weight)
+                    total_weight += weight
+                if not bool(torch.isfinite(acc).all()):
+                    raise NonFiniteError(
+                        f"the curvature product became non-finite at batch {index} (NaN or inf "
+                        "in its loss or derivatives); check that batch's inputs and the loss"
+                    )
+        if seen == 0:
+            raise InvalidArgumentError("dataloader yielded no batches; pass a non-empty dataloader")
+        if total_weight == 0:
+            raise InvalidArgumentError(
+                "every batch had weight 0 (e.g. all labels ignored); the mean curvature is "
+                "undefined for this data"
+            )
+        scale = (self.num_total_samples or 1) / total_weight
+        return acc.mul_(scale).to(self.dtype)
+
+    def _flatten_blocks(self, blocks: Sequence[torch.Tensor | None], m: int) -> torch.Tensor:
+        if len(blocks) != len(self.params):
+            raise RuntimeError(
+                f"{type(self).__name__}.batch_matmat returned {len(blocks)} blocks for "
+                f"{len(self.params)} parameters"
+            )
+        flat = [
+            torch.zeros(m, p.numel(), dtype=self._accumulate_dtype(), device=self.device)
+            if b is None
+            else b.detach().reshape(m, -1).to(self._accumulate_dtype())
+            for b, p in zip(blocks, self.params, strict=True)
+        ]
+        return torch.cat(flat, dim=1).T
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(size={self.size}, params={len(self.params)}, "
+            f"dtype={self.dtype}, device={self.device})"
+        )
