@@ -5,12 +5,14 @@ from __future__ import annotations
 from hessian_eigenthings.operators.adapters import as_operator
 from hessian_eigenthings.operators.base import DENSE_SIZE_LIMIT, CurvatureOperator
 from hessian_eigenthings.operators.lambda_operator import LambdaOperator
+from hessian_eigenthings.operators.model_operator import ModelCurvatureOperator
 
 __all__ = [
     "BUILTIN_OPERATORS",
     "DENSE_SIZE_LIMIT",
     "CurvatureOperator",
     "LambdaOperator",
+    "ModelCurvatureOperator",
     "as_operator",
 ]
 

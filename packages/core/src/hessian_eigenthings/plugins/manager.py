@@ -126,7 +126,7 @@ def _collect(pm: pluggy.PluginManager) -> Registries:
         caller = getattr(pm.hook, hook_name)
         # Call each implementation on its own so every entry records who registered it, and
         # one plugin's failure does not take down the others.
-        for impl in reversed(caller.get_hookimpls()):
+        for impl in caller.get_hookimpls():  # registration order: built-ins first
             try:
                 impl.function(register=partial(_add, registry, impl.plugin_name))
             except PluginError:
