@@ -65,6 +65,11 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
         num_total_samples: scale the mean curvature by this (the summed-loss curvature of a
             training set this large).
         backend: the :class:`LinAlgBackend` algorithms should use with this operator.
+        process_group: a ``torch.distributed`` process group whose ranks each iterate their
+            own shard of the data; the product is then the weighted mean over the union of the
+            shards (unequal shards and batch counts allowed). Each product costs one all-reduce
+            of n·m values, done once after the local batches (never per batch). A
+            DistributedDataParallel-wrapped model is unwrapped (its ``.module`` is used).
     """
 
     #: Operators that perturb the parameters (finite differences) set this so the engine
@@ -82,8 +87,14 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
         microbatch_size: int | None = None,
         num_total_samples: int | None = None,
         backend: LinAlgBackend | None = None,
+        process_group: Any = None,
     ) -> None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
         self.model = model
+        self.process_group = process_group
         self.space = ParamSpace.from_model(model, param_filter)
         self.dataloader = as_reiterable(dataloader)
         self.num_batches = _positive_int_or_none(num_batches, "num_batches")
@@ -193,30 +204,18 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
         total_weight = 0.0
         seen = 0
         check_model_modes(self.model, warned=self._dropout_warned)
-        with preserved_model_state(self.model, restore_values=self.perturbs_parameters):
-            for index, batch in enumerate(self.iter_batches()):
-                seen += 1
-                chunks = (
-                    [batch]
-                    if self.microbatch_size is None
-                    else split_batch(batch, self.microbatch_size)
-                )
-                for chunk in chunks:
-                    weight = self.batch_weight(chunk)
-                    if weight == 0:  # e.g. every token ignored: contributes nothing
-                        continue
-                    if not weight > 0:
-                        raise InvalidArgumentError(
-                            f"batch {index} has weight {weight}; batch weights must be ≥ 0"
-                        )
-                    blocks = self.batch_matmat(chunk, directions)
-                    acc.add_(self._flatten_blocks(blocks, m), alpha=weight)
-                    total_weight += weight
-                if not bool(torch.isfinite(acc).all()):
-                    raise NonFiniteError(
-                        f"the curvature product became non-finite at batch {index} (NaN or inf "
-                        "in its loss or derivatives); check that batch's inputs and the loss"
-                    )
+        failure: BaseException | None = None
+        try:
+            with preserved_model_state(self.model, restore_values=self.perturbs_parameters):
+                for index, batch in enumerate(self.iter_batches()):
+                    seen += 1
+                    total_weight += self._accumulate_batch(acc, batch, index, directions)
+        except Exception as err:
+            if self.process_group is None:
+                raise
+            failure = err  # tell the other ranks before raising, so none waits forever
+        if self.process_group is not None:
+            total_weight, seen = self._reduce_across_ranks(acc, total_weight, seen, failure)
         if seen == 0:
             raise InvalidArgumentError("dataloader yielded no batches; pass a non-empty dataloader")
         if total_weight == 0:
@@ -226,6 +225,59 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
             )
         scale = (self.num_total_samples or 1) / total_weight
         return acc.mul_(scale).to(self.dtype)
+
+    def _accumulate_batch(
+        self, acc: torch.Tensor, batch: Any, index: int, directions: list[torch.Tensor]
+    ) -> float:
+        """Add w·A_chunk·V for every (micro)batch chunk of ``batch`` to ``acc``; return Σ w."""
+        m = acc.shape[1]
+        chunks = (
+            [batch] if self.microbatch_size is None else split_batch(batch, self.microbatch_size)
+        )
+        total = 0.0
+        for chunk in chunks:
+            weight = self.batch_weight(chunk)
+            if weight == 0:  # e.g. every token ignored: contributes nothing
+                continue
+            if not weight > 0:
+                raise InvalidArgumentError(
+                    f"batch {index} has weight {weight}; weights must be ≥ 0"
+                )
+            blocks = self.batch_matmat(chunk, directions)
+            acc.add_(self._flatten_blocks(blocks, m), alpha=weight)
+            total += weight
+        if not bool(torch.isfinite(acc).all()):
+            raise NonFiniteError(
+                f"the curvature product became non-finite at batch {index} (NaN or inf in its "
+                "loss or derivatives); check that batch's inputs and the loss"
+            )
+        return total
+
+    def _reduce_across_ranks(
+        self, acc: torch.Tensor, weight: float, seen: int, failure: BaseException | None
+    ) -> tuple[float, int]:
+        """Sum ``acc`` (in place), the weights and batch counts over the process group.
+
+        A small float64 all-reduce of (weight, batches, failed) goes first, so a rank whose
+        loss raised makes every rank raise instead of leaving them blocked in the big one.
+        """
+        import torch.distributed as dist
+
+        meta = torch.tensor(
+            [weight, float(seen), 1.0 if failure is not None else 0.0],
+            dtype=torch.float64,
+            device=acc.device,
+        )
+        dist.all_reduce(meta, group=self.process_group)
+        if failure is not None:
+            raise failure
+        if meta[2].item() > 0:
+            raise RuntimeError(
+                f"{int(meta[2].item())} other rank(s) raised while computing their part of this "
+                "product; see their error messages"
+            )
+        dist.all_reduce(acc, group=self.process_group)
+        return float(meta[0].item()), int(meta[1].item())
 
     def _flatten_blocks(self, blocks: Sequence[torch.Tensor | None], m: int) -> torch.Tensor:
         if len(blocks) != len(self.params):
