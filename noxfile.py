@@ -86,7 +86,14 @@ def core_only(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """Build the documentation site strictly (broken links and warnings fail)."""
     _uv_run(
-        session, "--group", "docs", "mkdocs", "build", "--strict", "--site-dir", "site",
+        session,
+        "--group",
+        "docs",
+        "mkdocs",
+        "build",
+        "--strict",
+        "--site-dir",
+        "site",
         env={"NO_MKDOCS_2_WARNING": "1"},
     )
 

@@ -48,7 +48,8 @@ def test_to_scipy_agrees_with_matvec_and_matmat() -> None:
     lin = op.to_scipy()
     x = np.random.default_rng(0).standard_normal(12)
     X = np.random.default_rng(1).standard_normal((12, 3))
-    assert lin.shape == (12, 12) and lin.dtype == np.float64
+    assert lin.shape == (12, 12)
+    assert lin.dtype == np.float64
     np.testing.assert_allclose(lin.matvec(x), (A @ torch.from_numpy(x)).numpy(), rtol=1e-13)
     np.testing.assert_allclose(lin.matmat(X), (A @ torch.from_numpy(X)).numpy(), rtol=1e-13)
     np.testing.assert_allclose(
@@ -66,7 +67,8 @@ def test_as_operator_wraps_scipy_and_numpy() -> None:
     A = sym(5, seed=2)
     for obj in (aslinearoperator(A.numpy()), A.numpy()):
         op = as_operator(obj)
-        assert isinstance(op, CurvatureOperator) and op.dtype == torch.float64
+        assert isinstance(op, CurvatureOperator)
+        assert op.dtype == torch.float64
         assert torch.allclose(op.to_dense(), A, rtol=1e-14, atol=0)
     with pytest.raises(InvalidArgumentError, match="square"):
         as_operator(torch.zeros(2, 3))
@@ -84,9 +86,9 @@ def test_vector_checks_name_the_problem() -> None:
     op = LambdaOperator(size=4, matvec=lambda v: v, dtype=torch.float64)
     with pytest.raises(InvalidArgumentError, match=r"shape \(n,\) with n = 4"):
         op.matvec(torch.zeros(5, dtype=torch.float64))
-    with pytest.raises(InvalidArgumentError, match="dtype torch.float32"):
+    with pytest.raises(InvalidArgumentError, match=r"dtype torch\.float32"):
         op.matvec(torch.zeros(4))
-    with pytest.raises(InvalidArgumentError, match="must be a torch.Tensor"):
+    with pytest.raises(InvalidArgumentError, match=r"must be a torch\.Tensor"):
         op.matvec([0.0] * 4)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError, match=r"\(n, m\)"):
         op.matmat(torch.zeros(4, dtype=torch.float64))

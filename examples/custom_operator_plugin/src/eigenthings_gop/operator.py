@@ -29,9 +29,7 @@ class GradientOuterProductOperator(ModelCurvatureOperator):
         super().__init__(model, dataloader, **engine_options)
         self.loss_fn = loss_fn
 
-    def batch_matmat(
-        self, batch: Any, V: Sequence[torch.Tensor]
-    ) -> Sequence[torch.Tensor | None]:
+    def batch_matmat(self, batch: Any, V: Sequence[torch.Tensor]) -> Sequence[torch.Tensor | None]:
         loss = self.loss_fn(self.model, batch)
         grads = torch.autograd.grad(loss, self.params, allow_unused=True, materialize_grads=True)
         # ⟨g, v_j⟩ for each of the m directions, then g ⟨g, v_j⟩.

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from hessian_eigenthings.plugins import Register, hookimpl
-
 from eigenthings_gop.operator import GradientOuterProductOperator
+from hessian_eigenthings.plugins import Register, hookimpl
 
 
 @hookimpl
