@@ -34,12 +34,17 @@ def test_seed_form_of_lambda_operator_is_two_identity() -> None:
 def test_matmat_and_matmul_agree_with_matvec() -> None:
     A = sym(9)
     op = LambdaOperator(size=9, matvec=lambda v: A @ v, dtype=torch.float64)
-    V = torch.randn(9, 4, dtype=torch.float64)
-    assert torch.allclose(op.matmat(V), A @ V, rtol=1e-14, atol=0)
-    assert torch.allclose(op @ V, A @ V, rtol=1e-14, atol=0)
-    assert torch.allclose(op @ V[:, 0], A @ V[:, 0], rtol=1e-14, atol=0)
+    V = torch.randn(9, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+
+    def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+        # column-by-column products and one GEMM sum in different orders: compare in norm
+        return bool((a - b).norm() <= 1e-14 * b.norm())
+
+    assert close(op.matmat(V), A @ V)
+    assert close(op @ V, A @ V)
+    assert close(op @ V[:, 0], A @ V[:, 0])
     assert op.matmat(V[:, :0]).shape == (9, 0)
-    assert torch.allclose(op.to_dense(chunk=4), A, rtol=1e-14, atol=0)
+    assert close(op.to_dense(chunk=4), A)
 
 
 def test_to_scipy_agrees_with_matvec_and_matmat() -> None:
