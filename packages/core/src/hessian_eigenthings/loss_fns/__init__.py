@@ -10,6 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 from hessian_eigenthings.loss_fns.ce_hvp import ce_hvp, ce_hvp_eager, resolve_ce_hvp_backend
+from hessian_eigenthings.loss_fns.ce_hvp_compiled import (
+    COMPILE_PRIORITY,
+    compiled_ce_hvp,
+    compiled_ce_hvp_supports,
+)
 from hessian_eigenthings.plugins.provided import PLUGIN_PROVIDED_NAMES, resolve_provided_name
 from hessian_eigenthings.plugins.types import CEHvpBackend
 
@@ -28,6 +33,10 @@ BUILTIN_CE_HVP_BACKENDS: dict[str, tuple[CEHvpBackend, str]] = {
     "eager": (
         CEHvpBackend(fn=ce_hvp_eager, priority=0, supports=lambda logits, u: None),
         "plain PyTorch reference; several (N, V) temporaries",
+    ),
+    "compile": (
+        CEHvpBackend(compiled_ce_hvp, COMPILE_PRIORITY, compiled_ce_hvp_supports),
+        "torch.compile-fused row formula; the output is its only (N, V) buffer",
     ),
 }
 

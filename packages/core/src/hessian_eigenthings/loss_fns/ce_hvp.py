@@ -1,17 +1,28 @@
 """Cross-entropy loss-Hessian-vector products and the backend dispatcher.
 
-For logits z ∈ R^V at one position with p = softmax(z), the Hessian of −log p_y is
-diag(p) − p pᵀ, so for a direction u
+For logits z ∈ R^V at one position with p = softmax(z), the Hessian of −log p_y with respect
+to z is diag(p) − p pᵀ, so for a direction u
 
     H u = p ⊙ u − p ⟨p, u⟩,
 
 independent of the label y. Over N positions with mean reduction each row is divided by the
-number of positions whose label is not ``ignore_index``; ignored rows are zero.
+number of positions whose label is not ``ignore_index``; ignored rows are zero. Cost: O(N·V)
+time, a few exponentials per element; the only (N, V) memory a fused backend needs is its
+output.
 
-Backends compute the same formula with different memory: ``eager`` (plain torch, several
-(N, V) temporaries), ``compile`` (torch.compile-fused) and any registered by plugins (e.g.
-``triton``). ``fused="auto"`` asks each registered backend whether it can serve the given
-tensors and uses the one with the highest priority.
+Backends (name, priority, where it runs, extra (N, V) memory):
+
+* ``eager`` (0): plain torch on any device, about five temporaries;
+* ``compile`` (10, :mod:`~hessian_eigenthings.loss_fns.ce_hvp_compiled`): torch.compile
+  fuses the row formula into one kernel, the output only;
+* ``triton`` (20, from the ``hessian-eigenthings-triton`` plugin): a hand-written kernel for
+  CUDA tensors, the output only.
+
+``fused="auto"`` asks the registered backends from the highest priority down whether they can
+serve the tensors (``CEHvpBackend.supports``) and takes the first that can: ``triton`` for CUDA
+tensors where the plugin is installed, else ``compile`` where torch.compile can run, else
+``eager``. A backend named explicitly must be able to serve them, otherwise the call raises
+with that backend's reason; there is no silent fallback.
 """
 
 from __future__ import annotations
@@ -24,9 +35,53 @@ from hessian_eigenthings.errors import InvalidArgumentError
 from hessian_eigenthings.plugins.manager import get_registries
 from hessian_eigenthings.plugins.types import CEHvpBackend
 
-__all__ = ["ce_hvp", "ce_hvp_eager", "resolve_ce_hvp_backend"]
+__all__ = [
+    "accumulation_dtype",
+    "ce_hvp",
+    "ce_hvp_eager",
+    "resolve_ce_hvp_backend",
+    "row_weights",
+    "traced_reason",
+]
 
 Reduction = Literal["mean", "sum"]
+
+
+def accumulation_dtype(logits: torch.Tensor) -> torch.dtype:
+    """float64 for float64 logits, else float32: the precision every backend computes in."""
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def traced_reason(logits: torch.Tensor, u: torch.Tensor) -> str | None:
+    """Why a compiled kernel must not be called here, or ``None``.
+
+    Under torch.compile tracing or a ``torch.func`` transform (``jvp``, ``vmap``, ``grad``)
+    the tensors are proxies or wrappers that a hand-compiled kernel cannot take; the plain
+    torch formula (``eager``) is traced or transformed correctly instead.
+    """
+    if torch.compiler.is_compiling():
+        return "called while torch.compile traces the caller; the eager formula is traced instead"
+    functorch = getattr(torch._C, "_functorch", None)
+    if functorch is not None and (
+        functorch.peek_interpreter_stack() is not None
+        or functorch.is_functorch_wrapped_tensor(logits)
+        or functorch.is_functorch_wrapped_tensor(u)
+    ):
+        return "called inside a torch.func transform (jvp, vmap, grad); use the eager formula"
+    return None
+
+
+def row_weights(
+    labels: torch.Tensor, ignore_index: int, scale: float, logits: torch.Tensor
+) -> torch.Tensor:
+    """(N,) weights of the rows: ``scale``, or 0 where ``labels == ignore_index``.
+
+    In the accumulation dtype on the logits' device. Backends zero the rows of weight 0 with a
+    select rather than a product, so an ignored row is zero even if its logits are not finite
+    (as its gradient is in ``F.cross_entropy``).
+    """
+    keep = labels.to(logits.device) != ignore_index
+    return keep.to(accumulation_dtype(logits)) * scale
 
 
 def ce_hvp_eager(
@@ -34,32 +89,40 @@ def ce_hvp_eager(
 ) -> torch.Tensor:
     """Reference implementation: ``scale · (p ⊙ u − p ⟨p, u⟩)`` row-wise, ignored rows zero.
 
-    Accumulates in float32 (float64 for float64 inputs); returns ``u``'s dtype.
+    Plain torch ops; at its peak it holds five (N, V) float32 buffers besides its inputs
+    (measured by benchmarks/bench_ce_hvp.py): p, p ⊙ u, the difference, the weighted rows and
+    the selected output. Accumulates in float32 (float64 for float64 logits); returns ``u``'s
+    dtype.
     """
-    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(logits)
     p = torch.softmax(logits.to(acc), dim=-1)
     pu = p * u.to(acc)
     out = pu - p * pu.sum(dim=-1, keepdim=True)
-    keep = (labels != ignore_index).to(acc).unsqueeze(-1) * scale
-    return (out * keep).to(u.dtype)
+    weight = row_weights(labels, ignore_index, scale, logits).unsqueeze(-1)
+    return torch.where(weight != 0, out * weight, 0.0).to(u.dtype)
 
 
 def resolve_ce_hvp_backend(
     fused: str, logits: torch.Tensor, u: torch.Tensor
 ) -> tuple[str, CEHvpBackend]:
-    """The backend ``fused`` names, or for ``"auto"`` the best one that can serve these tensors.
+    """``(name, backend)``: the one ``fused`` names, or for ``"auto"`` the best that can serve.
 
-    An explicitly named backend that cannot serve them raises (no silent fallback).
+    "Best" is the highest priority among the registered backends whose ``supports(logits, u)``
+    returns ``None``. An explicitly named backend that cannot serve the tensors raises
+    :class:`~hessian_eigenthings.errors.InvalidArgumentError` with its reason.
     """
     registry = get_registries().ce_hvp_backends
     if fused == "auto":
         ranked = sorted(registry, key=lambda e: -e.obj.priority)
+        reasons = []
         for entry in ranked:
-            if entry.obj.supports(logits, u) is None:
+            reason = entry.obj.supports(logits, u)
+            if reason is None:
                 return entry.name, entry.obj
+            reasons.append(f"{entry.name}: {reason}")
         raise InvalidArgumentError(
             f"no cross-entropy HVP backend can serve {logits.dtype} logits on {logits.device} "
-            f"(registered: {[e.name for e in ranked]})"
+            f"({'; '.join(reasons) or 'none registered'})"
         )
     if fused not in registry:
         raise InvalidArgumentError(
@@ -85,11 +148,14 @@ def ce_hvp(
     reduction: Reduction = "mean",
     fused: str = "auto",
 ) -> torch.Tensor:
-    """Cross-entropy loss-Hessian times ``u`` for logits of shape (..., V).
+    """Hessian of ``F.cross_entropy(logits, labels)`` with respect to the logits, times ``u``.
 
-    ``labels`` has the logits' shape without the last dimension; positions labelled
-    ``ignore_index`` contribute nothing. ``reduction="mean"`` divides by the number of
-    non-ignored positions (the result is zero when there are none), ``"sum"`` does not.
+    ``logits`` and ``u`` have shape (..., V), e.g. (N, V) or (B, T, V); ``labels`` has the
+    logits' shape without the last dimension. Positions labelled ``ignore_index`` contribute
+    nothing. ``reduction="mean"`` divides by the number of non-ignored positions (the result is
+    zero when there are none), ``"sum"`` does not. ``fused`` picks the backend (see the module
+    docstring): ``"auto"``, ``"eager"``, ``"compile"`` or one a plugin registers. The result
+    has ``u``'s shape and dtype; it is computed in float32, or float64 for float64 logits.
     """
     if logits.shape != u.shape:
         raise InvalidArgumentError(
