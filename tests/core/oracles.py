@@ -69,6 +69,19 @@ def dense_hessian(
     return H
 
 
+def dense_hessian_of(
+    model: nn.Module,
+    loss: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor],
+    names: Sequence[str] | None = None,
+) -> torch.Tensor:
+    """Hessian of any ``loss(model, params_dict)`` (call ``functional_call(model, params_dict,
+    ...)`` inside) w.r.t. the trainable parameters ``names``, guarded like :func:`dense_hessian`."""
+    f, theta = _flat_fn(model, selected(model, names), loss)
+    H = jacrev(grad(f))(theta)
+    _check_hessian(f, theta, H)
+    return H
+
+
 def dense_ggn(case: Case, names: Sequence[str] | None = None) -> torch.Tensor:
     """Jᵀ H_ℓ J on all data: J the Jacobian of the (flattened) outputs, H_ℓ the loss Hessian."""
     data = case.full_batch
@@ -115,3 +128,21 @@ def dense_empirical_fisher(case: Case, names: Sequence[str] | None = None) -> to
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """‖a − b‖ / max(‖b‖, tiny)."""
     return float((a - b).norm() / max(float(b.norm()), 1e-300))
+
+
+def dense_loss_hessian(
+    loss_of_output: Callable[[torch.Tensor, Batch], torch.Tensor],
+    output: torch.Tensor,
+    batch: Batch,
+) -> torch.Tensor:
+    """(K, K) Hessian of ``loss_of_output(·, batch)`` at ``output`` (K = output.numel()),
+    by jacrev(grad) on the flattened output, guarded like :func:`dense_hessian`."""
+    shape = output.shape
+
+    def f(flat: torch.Tensor) -> torch.Tensor:
+        return loss_of_output(flat.view(shape), batch)
+
+    flat = output.detach().reshape(-1)
+    H = jacrev(grad(f))(flat)
+    _check_hessian(f, flat, H)
+    return H

@@ -211,6 +211,48 @@ def attention() -> Case:
     return Case("attention", model, _split(x, y, [2, 3]), "ce", subset=("ln.*", "q.*"))
 
 
+def layernorm_mlp() -> Case:
+    """LayerNorm on a hidden layer: torch.func.hessian and jacrev∘jacrev get its block wrong."""
+    g = _gen(7)
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(4, 5), nn.LayerNorm(5), nn.Tanh(), nn.Linear(5, 3)).to(DTYPE)
+    ln = model[1]
+    assert isinstance(ln, nn.LayerNorm)
+    with torch.no_grad():
+        ln.weight.copy_(torch.rand(5, generator=g, dtype=DTYPE) + 0.5)
+        ln.bias.copy_(torch.randn(5, generator=g, dtype=DTYPE) * 0.1)
+    x = torch.randn(9, 4, generator=g, dtype=DTYPE)
+    y = torch.randint(0, 3, (9,), generator=g)
+    return Case("layernorm_mlp", model, _split(x, y, [4, 2, 3]), "ce", subset=("1.*",))
+
+
+class TiedEmbeddingLM(nn.Module):
+    """A token model whose output head reuses the embedding matrix (one parameter, two names)."""
+
+    def __init__(self, vocab: int = 6, d: int = 3) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.mix = nn.Linear(d, d)
+        self.head = nn.Linear(d, vocab)
+        self.head.weight = self.emb.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.mix(self.emb(tokens))))  # type: ignore[no-any-return]
+
+
+def tied_embedding() -> Case:
+    """Weight tying: named_parameters() lists emb.weight once; both uses must be counted."""
+    g = _gen(8)
+    torch.manual_seed(8)
+    model = TiedEmbeddingLM().to(DTYPE)
+    assert model.head.weight is model.emb.weight
+    x = torch.randint(0, 6, (7, 4), generator=g)
+    y = torch.randint(0, 6, (7, 4), generator=g)
+    y[0, 3] = IGNORE
+    y[5, :2] = IGNORE
+    return Case("tied_embedding", model, _split(x, y, [4, 3]), "ce", subset=("emb.*",))
+
+
 CASES: list[Callable[[], Case]] = [
     mlp,
     mlp_mse,
@@ -219,5 +261,7 @@ CASES: list[Callable[[], Case]] = [
     frozen_tied,
     lstm,
     attention,
+    layernorm_mlp,
+    tied_embedding,
 ]
 CASE_IDS = [c.__name__ for c in CASES]

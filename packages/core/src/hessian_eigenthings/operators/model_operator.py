@@ -200,7 +200,9 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
             chunk.T.reshape(m, *p.shape)
             for chunk, p in zip(torch.split(V.detach(), numels), self.params, strict=True)
         ]
-        acc = torch.zeros(self.size, m, dtype=self._accumulate_dtype(), device=self.device)
+        # Allocated by the first product (_add_blocks), so it is not alive while the first
+        # batch's graphs are: on parameter-dominated models that is n·m values off the peak.
+        acc = torch.empty(0, dtype=self._accumulate_dtype(), device=self.device)
         total_weight = 0.0
         seen = 0
         check_model_modes(self.model, warned=self._dropout_warned)
@@ -214,6 +216,8 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
             if self.process_group is None:
                 raise
             failure = err  # tell the other ranks before raising, so none waits forever
+        if acc.numel() == 0:  # no product was added (no batches, all weights 0, or m = 0)
+            acc.resize_(self.size, m).zero_()
         if self.process_group is not None:
             total_weight, seen = self._reduce_across_ranks(acc, total_weight, seen, failure)
         if seen == 0:
@@ -230,7 +234,6 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
         self, acc: torch.Tensor, batch: Any, index: int, directions: list[torch.Tensor]
     ) -> float:
         """Add w·A_chunk·V for every (micro)batch chunk of ``batch`` to ``acc``; return Σ w."""
-        m = acc.shape[1]
         chunks = (
             [batch] if self.microbatch_size is None else split_batch(batch, self.microbatch_size)
         )
@@ -244,9 +247,11 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
                     f"batch {index} has weight {weight}; weights must be ≥ 0"
                 )
             blocks = self.batch_matmat(chunk, directions)
-            acc.add_(self._flatten_blocks(blocks, m), alpha=weight)
+            self._add_blocks(acc, blocks, weight, m=directions[0].shape[0])
+            del blocks  # before the finiteness check below allocates
             total += weight
-        if not bool(torch.isfinite(acc).all()):
+        # one pass, no allocation; the exact check only confirms (a finite sum can overflow)
+        if not bool(torch.isfinite(acc.sum())) and not bool(torch.isfinite(acc).all()):
             raise NonFiniteError(
                 f"the curvature product became non-finite at batch {index} (NaN or inf in its "
                 "loss or derivatives); check that batch's inputs and the loss"
@@ -279,19 +284,38 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
         dist.all_reduce(acc, group=self.process_group)
         return float(meta[0].item()), int(meta[1].item())
 
-    def _flatten_blocks(self, blocks: Sequence[torch.Tensor | None], m: int) -> torch.Tensor:
+    def _add_blocks(
+        self, acc: torch.Tensor, blocks: Sequence[torch.Tensor | None], weight: float, *, m: int
+    ) -> None:
+        """``acc += weight · blocks``, each block into its own rows of ``acc``.
+
+        No n-sized temporary: the peak stays at ``acc`` plus the blocks being added.
+        """
         if len(blocks) != len(self.params):
             raise RuntimeError(
                 f"{type(self).__name__}.batch_matmat returned {len(blocks)} blocks for "
                 f"{len(self.params)} parameters"
             )
-        flat = [
-            torch.zeros(m, p.numel(), dtype=self._accumulate_dtype(), device=self.device)
-            if b is None
-            else b.detach().reshape(m, -1).to(self._accumulate_dtype())
-            for b, p in zip(blocks, self.params, strict=True)
-        ]
-        return torch.cat(flat, dim=1).T
+        fresh = acc.numel() == 0
+        if fresh:  # the first product: written, not added (no zero-fill pass)
+            acc.resize_(self.size, m)
+        offset = 0
+        for b, p in zip(blocks, self.params, strict=True):
+            k = p.numel()
+            rows = acc[offset : offset + k]
+            if b is None:  # an all-zero block
+                if fresh:
+                    rows.zero_()
+                offset += k
+                continue
+            # (k, m) view of the block; for m = 1 a plain reshape (copy_ from a transposed
+            # (k, 1) view takes a slow strided path)
+            cols = b.detach().reshape(k, 1) if m == 1 else b.detach().reshape(m, k).T
+            if fresh:
+                rows.copy_(cols).mul_(weight)
+            else:
+                rows.add_(cols, alpha=weight)
+            offset += k
 
     def __repr__(self) -> str:
         return (

@@ -1,0 +1,71 @@
+"""Shared measurement helpers for the benchmarks: wall time, peak tensor memory, JSON lines.
+
+* Time: :func:`interleaved_medians` runs every candidate once per round, round after round,
+  and reports each one's median — on a shared machine, load drifts hit all candidates alike,
+  so ratios between them measured in the same run stay meaningful.
+* Memory: :func:`peak_tensor_bytes` runs the function once under ``torch.profiler`` with
+  ``profile_memory=True`` and reads the allocator's running total from every allocation and
+  free it records; the peak of that total is the most tensor memory alive at once during the
+  call beyond what was allocated before it (its result included). It counts tensor bytes
+  exactly, on CPU as on CUDA, unlike process RSS, which glibc's allocator and library loading
+  blur. Profiling slows the call down, so it is never timed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+__all__ = ["emit", "interleaved_medians", "peak_tensor_bytes"]
+
+
+def interleaved_medians(
+    candidates: Mapping[str, Callable[[], Any]], *, repeats: int = 7, warmup: int = 1
+) -> dict[str, float]:
+    """Median seconds of each candidate over ``repeats`` interleaved rounds (after warm-up)."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def peak_tensor_bytes(fn: Callable[[], Any]) -> int:
+    """Most tensor bytes alive at once during ``fn()`` beyond those alive before it."""
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities, profile_memory=True) as prof:
+        result = fn()
+        del result
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f)["traceEvents"]
+    totals = [
+        int(e["args"]["Total Allocated"])
+        for e in events
+        if e.get("name") == "[memory]" and "Total Allocated" in e.get("args", {})
+    ]
+    return max([0, *totals])
+
+
+def emit(record: Mapping[str, Any]) -> None:
+    """One JSON object per line on stdout."""
+    sys.stdout.write(json.dumps(record, sort_keys=False) + "\n")
+    sys.stdout.flush()
