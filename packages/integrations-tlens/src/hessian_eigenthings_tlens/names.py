@@ -1,0 +1,205 @@
+"""TransformerLens parameter names for any TransformerLens model, and filters built on them.
+
+A ``HookedTransformer`` names its parameters the TransformerLens way (``blocks.0.attn.W_Q``).
+A ``TransformerBridge`` does not: ``named_parameters()`` reports the wrapped model's names with
+the bridge's wrapper modules spliced in, e.g.
+``layers.0._original_component.attn._original_component.q._original_component.weight`` for a
+config-built (native) bridge or ``transformer.h.0._original_component.attn.q...`` for GPT-2.
+The same tensor is also reachable through the bridge's own module tree
+(``blocks.0.attn.q._original_component.weight``), which follows TransformerLens' layout.
+
+:func:`tlens_names` gives every parameter, keyed by the name ``named_parameters()`` reports
+(the *raw* name the operators use), the names it answers to:
+
+* its TransformerLens name (``blocks.0.attn.W_Q``, ``blocks.0.mlp.b_in``, ``blocks.0.ln1.w``,
+  ``embed.W_E``, ``pos_embed.W_pos``, ``unembed.W_U``, ``ln_final.b``) where one applies;
+* its paths through the bridge's module tree without the ``_original_component`` hops
+  (``blocks.0.attn.q.weight``, ``blocks.0.mlp.in.weight``);
+* the raw name, with and without those hops (``layers.0.attn.q.weight``).
+
+:func:`tlens_param_filter` matches glob patterns (:func:`hessian_eigenthings.match_names`
+semantics: ``*`` one dotted component, ``**`` any number, a module's name selects its
+parameters) against all of them and returns an ordinary ``param_filter`` for the operators.
+Tied parameters answer to the names of every place they are used (a GPT-2 bridge's embedding
+is both ``embed.W_E`` and ``unembed.W_U``).
+
+Some bridges split a fused weight into per-projection views: a GPT-2 bridge's
+``attn.q``/``attn.k``/``attn.v`` weights are views into the storage of the original ``c_attn``
+weight, which stays registered (as ``attn.qkv``) but which the forward no longer reads. Such a
+*fused source* (a parameter whose storage holds other, smaller parameters) is flagged in
+:class:`TLensParamNames` and never selected by :func:`tlens_param_filter`: its coordinates
+are dead (zero curvature), and finite-difference products, which write parameters in place,
+would move the views twice through the shared memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from hessian_eigenthings.errors import InvalidArgumentError
+from hessian_eigenthings.param_utils import ParamFilter, match_names
+
+__all__ = ["TLensParamNames", "tlens_names", "tlens_param_filter"]
+
+_WRAPPER = "_original_component"
+_PROJECTIONS = {"q": "Q", "k": "K", "v": "V", "o": "O"}
+_MLP_LINEARS = ("in", "out", "gate")
+_EMBEDDINGS = {
+    ("embed", "weight"): "W_E",
+    ("pos_embed", "weight"): "W_pos",
+    ("unembed", "weight"): "W_U",
+    ("unembed", "bias"): "b_U",
+}
+# HookedTransformer's grouped-query attention stores its shared keys/values as _W_K etc.
+_LEGACY_GROUPED = ("_W_K", "_W_V", "_b_K", "_b_V")
+
+
+@dataclass(frozen=True)
+class TLensParamNames:
+    """The names of one parameter.
+
+    Attributes:
+        raw: the name ``model.named_parameters()`` reports (what operators and filters see).
+        canonical: its TransformerLens name when it has one, else its shortest tree path.
+        aliases: every name it answers to in :func:`tlens_param_filter`, ``canonical`` first.
+        tree_path: a path to it through the model's own module tree (``None`` if unreachable).
+        fused_source: its storage holds other, smaller parameters (a fused weight split into
+            views, see the module docstring); filters never select it.
+    """
+
+    raw: str
+    canonical: str
+    aliases: tuple[str, ...]
+    tree_path: str | None
+    fused_source: bool = False
+
+
+def _strip(path: str) -> str:
+    return ".".join(part for part in path.split(".") if part != _WRAPPER)
+
+
+def transformer_lens_name(path: str) -> str | None:
+    """The TransformerLens name of a wrapper-free tree path, or ``None`` when none applies.
+
+    >>> transformer_lens_name("blocks.0.attn.q.weight"), transformer_lens_name("ln_final.bias")
+    ('blocks.0.attn.W_Q', 'ln_final.b')
+    """
+    parts = path.split(".")
+    if len(parts) < 2:
+        return None
+    *head, parent, leaf = parts
+    if leaf in _LEGACY_GROUPED:
+        return ".".join([*head, parent, leaf[1:]])
+    kind = {"weight": "W", "bias": "b"}.get(leaf)
+    if kind is None:
+        return None
+    owner = head[-1] if head else ""
+    if owner == "attn" and parent in _PROJECTIONS:
+        return ".".join([*head, f"{kind}_{_PROJECTIONS[parent]}"])
+    if owner == "mlp" and parent in _MLP_LINEARS:
+        return ".".join([*head, f"{kind}_{parent}"])
+    if (parent, leaf) in _EMBEDDINGS:
+        return ".".join([*head, parent, _EMBEDDINGS[(parent, leaf)]])
+    if parent.startswith("ln"):
+        return ".".join([*head, parent, kind.lower()])
+    return None
+
+
+def _unique(names: list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(names))
+
+
+def _fused_sources(params: list[torch.Tensor]) -> set[int]:
+    """ids of parameters whose storage also backs a smaller parameter (split views)."""
+    largest: dict[tuple[str, int], list[torch.Tensor]] = {}
+    for p in params:
+        if p.is_meta:  # no memory: every meta tensor reports the same (null) storage
+            continue
+        largest.setdefault((str(p.device), p.untyped_storage().data_ptr()), []).append(p)
+    return {
+        id(p)
+        for group in largest.values()
+        for p in group
+        if any(q.numel() < p.numel() for q in group)
+    }
+
+
+def tlens_names(model: nn.Module) -> dict[str, TLensParamNames]:
+    """Every parameter's names, keyed by raw name, in ``model.named_parameters()`` order."""
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    # nn.Module's own traversal: TransformerBridge overrides named_parameters() to report the
+    # wrapped model's names, while its module tree carries the TransformerLens layout.
+    tree: dict[int, list[str]] = {}
+    for path, p in nn.Module.named_parameters(model, remove_duplicate=False):
+        tree.setdefault(id(p), []).append(path)
+    named = list(model.named_parameters())
+    fused = _fused_sources([p for _, p in named])
+    out: dict[str, TLensParamNames] = {}
+    for raw, p in named:
+        # Bridge components first: their paths take the fewest wrapper hops (the wrapped
+        # model's own names, e.g. GPT-2's ln_1, come through more of them).
+        paths = sorted(tree.get(id(p), []), key=lambda path: path.split(".").count(_WRAPPER))
+        stripped = _unique([_strip(path) for path in paths])
+        translated = [name for name in map(transformer_lens_name, stripped) if name is not None]
+        raw_stripped = _strip(raw)
+        if translated:
+            canonical = translated[0]
+        elif stripped:
+            canonical = min(stripped, key=lambda s: (s.count("."), len(s)))
+        else:
+            canonical = raw_stripped
+        aliases = _unique([canonical, *translated, *stripped, raw_stripped, raw])
+        out[raw] = TLensParamNames(
+            raw, canonical, aliases, paths[0] if paths else None, id(p) in fused
+        )
+    return out
+
+
+def _described(patterns: tuple[str, ...]) -> str:
+    return ", ".join(map(repr, patterns))
+
+
+def tlens_param_filter(model: nn.Module, *patterns: str) -> ParamFilter:
+    """A ``param_filter`` selecting ``model``'s parameters any of whose names match a pattern.
+
+    Names are those of :func:`tlens_names`, so ``tlens_param_filter(bridge, "blocks.*.attn")``
+    selects every attention parameter of a ``TransformerBridge`` whose raw names do not
+    contain ``blocks``. Fused sources (see the module docstring) are never selected. Each
+    pattern must select at least one parameter.
+
+    >>> op = HessianOperator(model, batches, tlens_loss(),  # doctest: +SKIP
+    ...                      param_filter=tlens_param_filter(model, "blocks.*.attn.*"))
+    """
+    if not patterns:
+        raise InvalidArgumentError(
+            "tlens_param_filter needs at least one pattern, e.g. 'blocks.*.attn'"
+        )
+    names = tlens_names(model)
+    params = dict(model.named_parameters())
+    selected: set[str] = set()
+    for pattern in patterns:
+        matches = match_names(pattern)
+        hits = {
+            raw
+            for raw, entry in names.items()
+            if not entry.fused_source
+            and any(matches(alias, params[raw]) for alias in entry.aliases)
+        }
+        if not hits:
+            shown = [entry.canonical for entry in names.values()][:12]
+            raise InvalidArgumentError(
+                f"tlens_param_filter: pattern {pattern!r} matches no parameter of the model; "
+                f"its TransformerLens names include {shown} (see tlens_names(model) for all)"
+            )
+        selected |= hits
+
+    def _filter(name: str, param: Any = None) -> bool:
+        return name in selected
+
+    _filter.__name__ = f"tlens_param_filter({_described(patterns)})"
+    return _filter
