@@ -122,7 +122,7 @@ def lanczos(
     float64 projected problem; accuracy is then limited by the operator's own rounding.
     """
     op, backend = resolve_operator(operator, backend)
-    n = op.size
+    n = backend.total_size(op.size)  # global: every rank of a sharded run plans alike
     k = check_k(k, n)
     which = check_which(which)
     tol = check_tol(tol)
@@ -151,7 +151,7 @@ def lanczos(
         refill=True,
     )
     engine.begin(
-        random_rows(backend, b, n, generator=generator, dtype=products.work, device=op.device)
+        random_rows(backend, b, op.size, generator=generator, dtype=products.work, device=op.device)
     )
     tol_eff = max(tol, eps(op.dtype))
     stopped_by_callback = False
@@ -201,7 +201,7 @@ def lanczos_tridiagonal(
     engine = BlockLanczos(
         products,
         backend,
-        capacity=min(op.size, max_iter + 1),
+        capacity=min(backend.total_size(op.size), max_iter + 1),
         block_size=1,
         reorthogonalize=reorthogonalize,
         generator=make_generator(0),

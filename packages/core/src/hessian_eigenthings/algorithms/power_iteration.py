@@ -114,7 +114,7 @@ def deflated_power_iteration(
     Prefer :func:`lanczos` unless memory forbids its basis. Reproducible for an int ``seed``.
     """
     op, backend = resolve_operator(operator, backend)
-    num_eigs = check_k(num_eigs, op.size, "num_eigs")
+    num_eigs = check_k(num_eigs, backend.total_size(op.size), "num_eigs")
     max_iter, tol, callback = _check(max_iter, tol, callback)
     products = Products(op, "deflated_power_iteration")
     gen = make_generator(seed)

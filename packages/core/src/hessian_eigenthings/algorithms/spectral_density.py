@@ -108,7 +108,7 @@ def spectral_density(
         engine = BlockLanczos(
             products,
             backend,
-            capacity=min(op.size, lanczos_steps + 1),
+            capacity=min(backend.total_size(op.size), lanczos_steps + 1),
             block_size=1,
             reorthogonalize=reorthogonalize,
             generator=gen,

@@ -152,9 +152,10 @@ def stochastic_power_iteration(
         momentum estimate and the evaluation products.
     """
     src = _Source(operators, backend)
-    if isinstance(num_eigs, bool) or not isinstance(num_eigs, int) or not 1 <= num_eigs <= src.size:
+    total = src.backend.total_size(src.size)
+    if isinstance(num_eigs, bool) or not isinstance(num_eigs, int) or not 1 <= num_eigs <= total:
         raise InvalidArgumentError(
-            f"num_eigs must be an int between 1 and the operator size {src.size}, got {num_eigs!r}"
+            f"num_eigs must be an int between 1 and the operator size {total}, got {num_eigs!r}"
         )
     check_int(max_iter, "max_iter", minimum=1)
     tol = check_tol(tol)
@@ -218,13 +219,13 @@ def _auto_momentum(
 ) -> tuple[float, int]:
     """``θ₂²/4`` from a few Lanczos steps on ``P A_0 P``; returns (β, products used)."""
     op = src.draw(0)
-    steps = min(AUTO_MOMENTUM_STEPS, src.size)
+    steps = min(AUTO_MOMENTUM_STEPS, src.backend.total_size(src.size))
     deflated = _Deflated(op, V, src.backend)
     products = Products(deflated, "stochastic_power_iteration")
     engine = BlockLanczos(
         products,
         src.backend,
-        capacity=min(src.size, steps + 1),
+        capacity=steps + 1,
         block_size=1,
         reorthogonalize=True,
         generator=gen,

@@ -165,7 +165,7 @@ def _result(st: _Setup, samples: torch.Tensor, method: str) -> TraceResult:
         estimate=estimate,
         stderr=stderr,
         num_matvecs=st.products.count,
-        operator_size=st.op.size,
+        operator_size=st.backend.total_size(st.op.size),
         method=method,
         samples=samples,
     )

@@ -58,6 +58,14 @@ class LinAlgBackend(Protocol):
         """Random vectors of the local ``shape`` from ``generator`` (see ``random_vectors``)."""
         ...
 
+    def total_size(self, local_size: int) -> int:
+        """The global dimension of vectors whose local part has ``local_size`` entries.
+
+        Algorithms size Krylov bases and check ``k`` against this, so every rank of a sharded
+        run plans the same iterations.
+        """
+        ...
+
 
 class SingleDeviceBackend:
     """:class:`LinAlgBackend` for vectors that live whole on one device (CPU or one GPU).
@@ -86,6 +94,9 @@ class SingleDeviceBackend:
 
     def scale(self, v: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
         return v * alpha
+
+    def total_size(self, local_size: int) -> int:
+        return local_size
 
     def random(
         self,
