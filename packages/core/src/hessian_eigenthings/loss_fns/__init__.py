@@ -15,19 +15,52 @@ from hessian_eigenthings.loss_fns.ce_hvp_compiled import (
     compiled_ce_hvp,
     compiled_ce_hvp_supports,
 )
+from hessian_eigenthings.loss_fns.loss_of_output import (
+    BCEWithLogitsLossOfOutput,
+    CrossEntropyLossOfOutput,
+    LossOfOutput,
+    MSELossOfOutput,
+    bce_with_logits_loss_of_output,
+    cross_entropy_loss_of_output,
+    mse_loss_of_output,
+)
+from hessian_eigenthings.loss_fns.supervised import (
+    supervised_forward,
+    supervised_loss,
+    supervised_loss_of_output,
+    supervised_per_sample_loss,
+)
 from hessian_eigenthings.plugins.provided import PLUGIN_PROVIDED_NAMES, resolve_provided_name
 from hessian_eigenthings.plugins.types import CEHvpBackend
 
 __all__ = [
     "BUILTIN_CE_HVP_BACKENDS",
     "BUILTIN_LOSS_FNS",
+    "BCEWithLogitsLossOfOutput",
+    "CrossEntropyLossOfOutput",
+    "LossOfOutput",
+    "MSELossOfOutput",
+    "bce_with_logits_loss_of_output",
     "ce_hvp",
     "ce_hvp_eager",
+    "cross_entropy_loss_of_output",
+    "mse_loss_of_output",
     "resolve_ce_hvp_backend",
+    "supervised_forward",
+    "supervised_loss",
+    "supervised_loss_of_output",
+    "supervised_per_sample_loss",
 ]
 
 #: Loss-function factories the core registers through ``register_loss_fns``.
-BUILTIN_LOSS_FNS: dict[str, Callable[..., Any]] = {}
+BUILTIN_LOSS_FNS: dict[str, Callable[..., Any]] = {
+    "supervised_loss": supervised_loss,
+    "supervised_loss_of_output": supervised_loss_of_output,
+    "supervised_per_sample_loss": supervised_per_sample_loss,
+    "cross_entropy_loss_of_output": cross_entropy_loss_of_output,
+    "mse_loss_of_output": mse_loss_of_output,
+    "bce_with_logits_loss_of_output": bce_with_logits_loss_of_output,
+}
 #: CE-HVP backends the core registers: name → (backend, description).
 BUILTIN_CE_HVP_BACKENDS: dict[str, tuple[CEHvpBackend, str]] = {
     "eager": (

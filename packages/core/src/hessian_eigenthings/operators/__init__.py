@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from hessian_eigenthings.operators.adapters import as_operator
 from hessian_eigenthings.operators.base import DENSE_SIZE_LIMIT, CurvatureOperator
+from hessian_eigenthings.operators.distributed import (
+    DDPEmpiricalFisherOperator,
+    DDPFisherOperator,
+    DDPGGNOperator,
+    DDPHessianOperator,
+    FSDPHessianOperator,
+)
+from hessian_eigenthings.operators.empirical_fisher import EmpiricalFisherOperator
+from hessian_eigenthings.operators.fisher import FisherOperator
+from hessian_eigenthings.operators.ggn import GGNOperator
 from hessian_eigenthings.operators.hessian import HessianOperator
 from hessian_eigenthings.operators.lambda_operator import LambdaOperator
 from hessian_eigenthings.operators.model_operator import ModelCurvatureOperator
@@ -12,6 +22,14 @@ __all__ = [
     "BUILTIN_OPERATORS",
     "DENSE_SIZE_LIMIT",
     "CurvatureOperator",
+    "DDPEmpiricalFisherOperator",
+    "DDPFisherOperator",
+    "DDPGGNOperator",
+    "DDPHessianOperator",
+    "EmpiricalFisherOperator",
+    "FSDPHessianOperator",
+    "FisherOperator",
+    "GGNOperator",
     "HessianOperator",
     "LambdaOperator",
     "ModelCurvatureOperator",
@@ -21,4 +39,7 @@ __all__ = [
 #: Operators the core registers through ``register_operators``: name → (class, description).
 BUILTIN_OPERATORS: dict[str, tuple[type[CurvatureOperator], str]] = {
     "hessian": (HessianOperator, "exact Hessian of the mean loss"),
+    "ggn": (GGNOperator, "generalized Gauss-Newton Jᵀ H_ℓ J of the mean loss"),
+    "empirical-fisher": (EmpiricalFisherOperator, "mean outer product of per-sample gradients"),
+    "fisher": (FisherOperator, "true Fisher of the model's predictive distribution"),
 }
