@@ -93,6 +93,6 @@ class SandwichOperator(ModelCurvatureOperator):
                 f"the output-space product of batch {self.batch_index} has shape "
                 f"{tuple(MJV.shape[1:])}, but the output has shape {tuple(z.shape)}"
             )
-        del JV
+        del JV, z  # output-sized: not alive during the backward below
         out = graph if graph is not None else self.jacobian.output(batch)
         return self.jacobian.vjp(out, MJV.to(out.dtype))
