@@ -12,9 +12,11 @@ from hessian_eigenthings.algorithms.power_iteration import (
 from hessian_eigenthings.algorithms.result import (
     EigenResult,
     LanczosTridiag,
+    SolveResult,
     SpectralDensityResult,
     TraceResult,
 )
+from hessian_eigenthings.algorithms.solve import solve
 from hessian_eigenthings.algorithms.spectral_density import spectral_density
 from hessian_eigenthings.algorithms.stochastic_power_iteration import stochastic_power_iteration
 from hessian_eigenthings.algorithms.trace import hutch_plus_plus, hutchinson, trace, xtrace
@@ -24,6 +26,7 @@ __all__ = [
     "EigenResult",
     "IterationInfo",
     "LanczosTridiag",
+    "SolveResult",
     "SpectralDensityResult",
     "TraceResult",
     "Which",
@@ -34,6 +37,7 @@ __all__ = [
     "lanczos",
     "lanczos_tridiagonal",
     "power_iteration_one",
+    "solve",
     "spectral_density",
     "stochastic_power_iteration",
     "trace",

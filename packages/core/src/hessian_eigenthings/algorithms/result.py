@@ -8,7 +8,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["EigenResult", "LanczosTridiag", "SpectralDensityResult", "TraceResult"]
+__all__ = [
+    "EigenResult",
+    "LanczosTridiag",
+    "SolveResult",
+    "SpectralDensityResult",
+    "TraceResult",
+]
 
 
 @dataclass(frozen=True)
@@ -95,3 +101,21 @@ class SpectralDensityResult:
         ax.set_xlabel("eigenvalue")
         ax.set_ylabel("density")
         return ax
+
+
+@dataclass(frozen=True)
+class SolveResult:
+    """The outcome of a linear solve ``(A + damping·I) x = b``.
+
+    ``residual_norm`` is the true residual ‖b − (A + damping·I) x‖ of the returned ``solution``
+    (recomputed with one product at the end, not the recursively updated one); ``converged`` is
+    true when it met the tolerance. ``num_matvecs`` counts the operator products.
+    """
+
+    solution: torch.Tensor
+    residual_norm: float
+    iterations: int
+    converged: bool
+    num_matvecs: int = 0
+    #: Why the solver stopped early (breakdown on a non-positive-definite matrix, a callback).
+    note: str | None = None

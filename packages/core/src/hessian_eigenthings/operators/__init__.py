@@ -14,7 +14,9 @@ from hessian_eigenthings.operators.distributed import (
 from hessian_eigenthings.operators.empirical_fisher import EmpiricalFisherOperator
 from hessian_eigenthings.operators.fisher import FisherOperator
 from hessian_eigenthings.operators.ggn import GGNOperator
+from hessian_eigenthings.operators.ggn_diagonal import ggn_diagonal
 from hessian_eigenthings.operators.hessian import HessianOperator
+from hessian_eigenthings.operators.kfac import EKFACOperator, KFACInverseOperator, KFACOperator
 from hessian_eigenthings.operators.lambda_operator import LambdaOperator
 from hessian_eigenthings.operators.model_operator import ModelCurvatureOperator
 
@@ -26,14 +28,18 @@ __all__ = [
     "DDPFisherOperator",
     "DDPGGNOperator",
     "DDPHessianOperator",
+    "EKFACOperator",
     "EmpiricalFisherOperator",
     "FSDPHessianOperator",
     "FisherOperator",
     "GGNOperator",
     "HessianOperator",
+    "KFACInverseOperator",
+    "KFACOperator",
     "LambdaOperator",
     "ModelCurvatureOperator",
     "as_operator",
+    "ggn_diagonal",
 ]
 
 #: Operators the core registers through ``register_operators``: name → (class, description).
@@ -42,4 +48,6 @@ BUILTIN_OPERATORS: dict[str, tuple[type[CurvatureOperator], str]] = {
     "ggn": (GGNOperator, "generalized Gauss-Newton Jᵀ H_ℓ J of the mean loss"),
     "empirical-fisher": (EmpiricalFisherOperator, "mean outer product of per-sample gradients"),
     "fisher": (FisherOperator, "true Fisher of the model's predictive distribution"),
+    "kfac": (KFACOperator, "Kronecker-factored (KFAC) GGN/Fisher of Linear and Conv2d layers"),
+    "ekfac": (EKFACOperator, "KFAC with eigenvalues re-fitted in its eigenbasis (EKFAC)"),
 }
