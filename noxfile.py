@@ -46,7 +46,9 @@ def typecheck(session: nox.Session) -> None:
 def core_only(session: nox.Session) -> None:
     """Install the core alone and run its tests with no plugin or CLI library present."""
     session.install("./packages/core")
-    session.install("pytest", "pytest-timeout", "hypothesis", "curvlinops-for-pytorch")
+    session.install(
+        "pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "curvlinops-for-pytorch"
+    )
     # torch's Linux wheels depend on triton; the core does not: remove it to prove that.
     session.run(
         "uv",
@@ -79,6 +81,23 @@ def core_only(session: nox.Session) -> None:
         "no:cacheprovider",
         *session.posargs,
         env={"PYTHONPATH": str(ROOT)},
+    )
+
+
+@nox.session
+def tlens_legacy(session: nox.Session) -> None:
+    """TransformerLens tests against a release before 4.0 (HookedTransformer API)."""
+    session.install("./packages/core", "./packages/integrations-tlens", "transformer-lens>=2.0,<4")
+    session.install("pytest", "pytest-timeout", "pytest-xdist", "numpy", "pyyaml")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "tests/tlens",
+        "-p",
+        "no:cacheprovider",
+        *session.posargs,
+        env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
     )
 
 
