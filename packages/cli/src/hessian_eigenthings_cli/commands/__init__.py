@@ -1,0 +1,1 @@
+"""The CLI's own commands; each module provides ``SPEC``, a :class:`CommandSpec`."""
