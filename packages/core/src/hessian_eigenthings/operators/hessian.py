@@ -178,10 +178,6 @@ class HessianOperator(ModelCurvatureOperator):
         self.loss_fn = loss_fn
         self.weight_fn = resolve_batch_weight(loss_fn)
         self.fd_eps = _check_fd_eps(fd_eps, self.method, self.dtype)
-        if self.method == "finite_difference":
-            # The engine reads this flag from the instance: only finite differences move the
-            # parameters, so only they pay for its snapshot of parameter and buffer values.
-            self.__dict__["perturbs_parameters"] = True
         self._loss_module = _LossModule(self.model, loss_fn)
         self._func_names = tuple(f"model.{name}" for name in self.space.names)
         self._vmap_ok = True  # cleared when an op cannot be batched over directions
