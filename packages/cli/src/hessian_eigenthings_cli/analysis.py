@@ -73,7 +73,18 @@ def _loader_flag(spec: LoaderSpec) -> str:
 
 
 def add_analysis_options(parser: argparse.ArgumentParser) -> None:
-    """The model, data, loss and operator options (plugin loaders add theirs here)."""
+    """The model, data, loss and operator options (plugin loaders add theirs here).
+
+    Example:
+        >>> import argparse
+        >>> from hessian_eigenthings_cli.analysis import add_analysis_options
+        >>> parser = argparse.ArgumentParser()
+        >>> add_analysis_options(parser)
+        >>> args = parser.parse_args(["--model", "mypkg.models:make_model",
+        ...                           "--data", "mypkg.data:make_loader"])
+        >>> args.model, args.operator, args.device, args.seed
+        ('mypkg.models:make_model', 'hessian', 'cpu', 0)
+    """
     source = parser.add_argument_group("model, data and loss")
     source.add_argument(
         "--model",

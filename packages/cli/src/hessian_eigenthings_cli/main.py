@@ -167,7 +167,22 @@ def _run(argv: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
+    """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and return the exit status.
+
+    Errors are printed as one line on stderr (a traceback with ``--debug``) and turned into
+    the status: 0 success, 1 failure, 2 bad command line, 130 interrupted.
+
+    Example:
+        >>> import contextlib, io, json
+        >>> from hessian_eigenthings_cli.main import main
+        >>> out = io.StringIO()
+        >>> with contextlib.redirect_stdout(out):
+        ...     status = main(["plugins", "--json"])
+        >>> status, json.loads(out.getvalue())["plugins"][0]["name"]
+        (0, 'core:builtin')
+        >>> main(["no-such-command"])  # the message goes to stderr
+        2
+    """
     arguments = list(sys.argv[1:] if argv is None else argv)
     options = arguments[: arguments.index("--")] if "--" in arguments else arguments
     debug = "--debug" in options

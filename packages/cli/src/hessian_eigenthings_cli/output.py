@@ -33,14 +33,25 @@ __all__ = [
     "schema_text",
 ]
 
-#: Bumped on any incompatible change of the JSON output (a removed or retyped key).
 SCHEMA_VERSION = 1
+"""Bumped on any incompatible change of the JSON output (a removed or retyped key)."""
 _SCHEMA_FILE = f"output-v{SCHEMA_VERSION}.json"
 
 Render = Callable[[Console], None]
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--json`` and ``--out FILE``, the options :func:`emit` reads.
+
+    Example:
+        >>> import argparse
+        >>> from hessian_eigenthings_cli.output import add_output_options
+        >>> parser = argparse.ArgumentParser()
+        >>> add_output_options(parser)
+        >>> args = parser.parse_args(["--json", "--out", "result.json"])
+        >>> args.json, args.out.name
+        (True, 'result.json')
+    """
     parser.add_argument(
         "--json",
         action="store_true",
@@ -84,7 +95,21 @@ def floats(values: torch.Tensor | Sequence[float]) -> list[float | None]:
 
 def emit(args: argparse.Namespace, document: dict[str, Any], render: Render) -> None:
     """Write ``document`` as JSON (``--json``) or call ``render`` on a console; to ``--out`` or
-    stdout."""
+    stdout.
+
+    Example:
+        >>> import argparse
+        >>> from hessian_eigenthings_cli.output import add_output_options, emit, payload
+        >>> parser = argparse.ArgumentParser()
+        >>> add_output_options(parser)
+        >>> args = parser.parse_args(["--json"])
+        >>> emit(args, payload("hello", answer=42), lambda console: console.print("42"))
+        {
+          "schema_version": 1,
+          "command": "hello",
+          "answer": 42
+        }
+    """
     out: Path | None = getattr(args, "out", None)
     if getattr(args, "json", False):
         text = json.dumps(document, indent=2, allow_nan=False) + "\n"

@@ -159,6 +159,25 @@ def model_hessian_matrix(
 
     Returns:
         ``(*output.shape, n, n)``, or ``(*output.shape, n)`` with ``diagonal=True``.
+
+    Example:
+        Two stacked scalar weights compute f(x) = w₂ w₁ x, whose Hessian in (w₁, w₂) is
+        [[0, x], [x, 0]]:
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from hessian_eigenthings.dense import model_hessian_matrix
+        >>> model = nn.Sequential(nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False))
+        >>> model = model.double()
+        >>> x = torch.tensor([[3.0], [-1.0]], dtype=torch.float64)  # a batch of 2
+        >>> H = model_hessian_matrix(model, x)
+        >>> H.shape  # (batch, outputs, n, n)
+        torch.Size([2, 1, 2, 2])
+        >>> H[0, 0]
+        tensor([[0., 3.],
+                [3., 0.]], dtype=torch.float64)
+        >>> model_hessian_matrix(model, x, diagonal=True).shape
+        torch.Size([2, 1, 2])
     """
     args = _as_inputs(inputs)
     out_fn, theta = _flat_function(
@@ -200,6 +219,22 @@ def loss_hessian_matrix(
 
     Returns:
         ``(n, n)``, or ``(n,)`` with ``diagonal=True``.
+
+    Example:
+        The mean squared error of a linear model has the Hessian (2/N) XᵀX:
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from hessian_eigenthings.dense import loss_hessian_matrix
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Linear(2, 1).double()
+        >>> X = torch.randn(4, 2, dtype=torch.float64)
+        >>> y = torch.randn(4, 1, dtype=torch.float64)
+        >>> H = loss_hessian_matrix(model, nn.MSELoss(), X, y, params=["weight"])
+        >>> torch.allclose(H, 2 / 4 * X.T @ X)
+        True
+        >>> loss_hessian_matrix(model, nn.MSELoss(), X, y).shape  # weight and bias
+        torch.Size([3, 3])
     """
     args = _as_inputs(inputs)
 
@@ -225,6 +260,20 @@ def hessian_blocks(
 
     ``model`` and ``params`` must be those the matrix was built with (or the operator's
     selection, for ``operator.to_dense()``).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from hessian_eigenthings.dense import hessian_blocks, loss_hessian_matrix
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Linear(2, 1).double()  # weight (1, 2), bias (1,)
+        >>> X = torch.randn(4, 2, dtype=torch.float64)
+        >>> y = torch.randn(4, 1, dtype=torch.float64)
+        >>> blocks = hessian_blocks(loss_hessian_matrix(model, nn.MSELoss(), X, y), model)
+        >>> blocks["weight"]["weight"].shape, blocks["weight"]["bias"].shape
+        (torch.Size([1, 2, 1, 2]), torch.Size([1, 2, 1]))
+        >>> blocks["bias"]["bias"]  # ∂²/∂b² of the mean of (x·w + b − y)² is 2
+        tensor([[2.]], dtype=torch.float64)
     """
     pairs = _selected(model, params)
     n = sum(p.numel() for _, p in pairs)

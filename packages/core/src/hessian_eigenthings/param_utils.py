@@ -28,6 +28,19 @@ __all__ = [
 ]
 
 ParamFilter: TypeAlias = Callable[[str, nn.Parameter], bool]
+"""``param_filter(name, parameter) -> bool``: whether a parameter is in an operator's space.
+
+Build one with :func:`match_names` or :func:`match_regex`, or write any callable.
+
+Example:
+    >>> from torch import nn
+    >>> from hessian_eigenthings import select_parameters
+    >>> def weights_only(name, param):
+    ...     return name.endswith("weight")
+    >>> model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1))
+    >>> [name for name, _ in select_parameters(model, weights_only)]
+    ['0.weight', '2.weight']
+"""
 
 
 def _glob_to_regex(pattern: str) -> str:
@@ -84,9 +97,14 @@ def match_names(*patterns: str) -> ParamFilter:
     module's parameters, so ``match_names("transformer.h.*.attn")`` and
     ``match_names("transformer.h.*.attn.*")`` both select ``transformer.h.0.attn.c_attn.weight``.
 
-    >>> f = match_names("blocks.*.attn.*")
-    >>> f("blocks.0.attn.W_Q", None), f("blocks.0.mlp.W_in", None)
-    (True, False)
+    Example:
+        >>> from hessian_eigenthings import match_names
+        >>> f = match_names("blocks.*.attn.*")
+        >>> f("blocks.0.attn.W_Q", None), f("blocks.0.mlp.W_in", None)
+        (True, False)
+        >>> g = match_names("encoder", "**.bias")  # a module name selects all it holds
+        >>> g("encoder.layers.3.weight", None), g("head.bias", None), g("head.weight", None)
+        (True, True, False)
     """
     if not patterns:
         raise InvalidArgumentError("match_names needs at least one pattern, e.g. 'layers.*.attn'")
@@ -106,6 +124,12 @@ def match_regex(pattern: str | re.Pattern[str]) -> ParamFilter:
     """A filter selecting parameters whose name contains a match of the regular expression.
 
     Uses ``re.search``; anchor with ``^``/``$`` for whole-name matches.
+
+    Example:
+        >>> from hessian_eigenthings import match_regex
+        >>> f = match_regex(r"^layers[.][0-2][.]")
+        >>> f("layers.1.weight", None), f("layers.12.weight", None)
+        (True, False)
     """
     try:
         regex = re.compile(pattern)
@@ -128,6 +152,16 @@ def select_parameters(
 
     Keeps parameters with ``requires_grad`` that pass ``param_filter`` (all when ``None``).
     Raises :class:`InvalidArgumentError` when nothing is selected.
+
+    Example:
+        >>> from torch import nn
+        >>> from hessian_eigenthings import match_names, select_parameters
+        >>> model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1))
+        >>> _ = model[0].bias.requires_grad_(False)  # frozen: never selected
+        >>> [name for name, _ in select_parameters(model)]
+        ['0.weight', '2.weight', '2.bias']
+        >>> [name for name, _ in select_parameters(model, match_names("2"))]
+        ['2.weight', '2.bias']
     """
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -150,7 +184,18 @@ def select_parameters(
 
 
 def params_to_vector(params: Iterable[torch.Tensor] | Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Concatenate tensors (or a mapping's values, in order) into one flat vector."""
+    """Concatenate tensors (or a mapping's values, in order) into one flat vector.
+
+    The result is a new tensor, detached from autograd.
+
+    Example:
+        >>> import torch
+        >>> from hessian_eigenthings import params_to_vector
+        >>> params_to_vector([torch.ones(2, 2), torch.zeros(3)])
+        tensor([1., 1., 1., 1., 0., 0., 0.])
+        >>> params_to_vector({"w": torch.tensor([[1.0, 2.0]]), "b": torch.tensor([3.0])})
+        tensor([1., 2., 3.])
+    """
     tensors = list(params.values() if isinstance(params, Mapping) else params)
     if not tensors:
         raise InvalidArgumentError("params_to_vector needs at least one tensor")
@@ -164,7 +209,21 @@ def params_to_vector(params: Iterable[torch.Tensor] | Mapping[str, torch.Tensor]
 
 
 def vector_to_params(vec: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Split a flat vector into views shaped like ``like`` (the inverse of ``params_to_vector``)."""
+    """Split a flat vector into views shaped like ``like`` (the inverse of ``params_to_vector``).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from hessian_eigenthings import params_to_vector, vector_to_params
+        >>> layer = nn.Linear(3, 2)
+        >>> pieces = vector_to_params(torch.arange(8.0), list(layer.parameters()))
+        >>> [tuple(p.shape) for p in pieces]
+        [(2, 3), (2,)]
+        >>> pieces[1]
+        tensor([6., 7.])
+        >>> torch.equal(params_to_vector(pieces), torch.arange(8.0))
+        True
+    """
     numels = [t.numel() for t in like]
     if vec.ndim != 1 or vec.numel() != sum(numels):
         raise InvalidArgumentError(
@@ -177,7 +236,22 @@ def vector_to_params(vec: torch.Tensor, like: Sequence[torch.Tensor]) -> list[to
 
 @dataclass(frozen=True)
 class ParamSpace:
-    """The selected parameters of a model and the layout of their flat vector."""
+    """The selected parameters of a model and the layout of their flat vector.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from hessian_eigenthings import ParamSpace, match_names
+        >>> model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1))
+        >>> space = ParamSpace.from_model(model, match_names("2"))
+        >>> space.names, space.size
+        (('2.weight', '2.bias'), 3)
+        >>> vec = space.flatten([torch.ones(1, 2), None])  # None counts as zeros
+        >>> vec
+        tensor([1., 1., 0.])
+        >>> [tuple(t.shape) for t in space.unflatten(vec)]
+        [(1, 2), (1,)]
+    """
 
     names: tuple[str, ...]
     params: tuple[nn.Parameter, ...]

@@ -23,6 +23,14 @@ from hessian_eigenthings_hf.losses import (
 from hessian_eigenthings_hf.targets import IGNORE_INDEX, causal_lm_targets, seq2seq_targets
 
 __version__ = "0.1.0"
+"""The version of the ``hessian-eigenthings-hf`` distribution.
+
+Example:
+    >>> from importlib.metadata import version
+    >>> import hessian_eigenthings_hf
+    >>> hessian_eigenthings_hf.__version__ == version("hessian-eigenthings-hf")
+    True
+"""
 
 __all__ = [
     "IGNORE_INDEX",

@@ -30,6 +30,13 @@ from hessian_eigenthings.errors import InvalidArgumentError
 __all__ = ["AttentionMode", "attention_implementations", "differentiable_attention"]
 
 AttentionMode = Literal["auto", "keep"]
+"""``"auto"`` (make attention twice differentiable, or raise) or ``"keep"`` (leave it alone).
+
+Example:
+    >>> from hessian_eigenthings_hf import hf_lm_forward
+    >>> hf_lm_forward(attention="keep")  # first derivatives only, e.g. finite differences
+    hf_lm_forward(attention='keep')
+"""
 
 #: Implementations whose every op has a double backward and a forward-mode derivative.
 _DIFFERENTIABLE = frozenset({"eager"})
@@ -52,7 +59,23 @@ def _configs(model: nn.Module) -> Iterator[Any]:
 
 
 def attention_implementations(model: nn.Module) -> set[str]:
-    """The ``_attn_implementation`` values of every config in ``model`` (empty if none)."""
+    """The ``_attn_implementation`` values of every config in ``model`` (empty if none).
+
+    Walks every module's ``config`` and its sub-configs once each: O(number of modules), no
+    forward pass.
+
+    Example:
+        >>> import torch
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> from hessian_eigenthings_hf import attention_implementations
+        >>> config = GPT2Config(vocab_size=11, n_embd=8, n_layer=1, n_head=2, n_positions=8,
+        ...                     n_inner=8, bos_token_id=1, eos_token_id=2,
+        ...                     attn_implementation="sdpa")
+        >>> attention_implementations(GPT2LMHeadModel(config))
+        {'sdpa'}
+        >>> attention_implementations(torch.nn.Linear(3, 2))  # not an HF model
+        set()
+    """
     found: set[str] = set()
     for config in _configs(model):
         impl = getattr(config, "_attn_implementation", None)
@@ -71,6 +94,31 @@ def differentiable_attention(
     context; ``"eager"`` attention is unaffected; any other implementation (flash-attention,
     flex-attention, hub kernels) raises :class:`InvalidArgumentError` naming the setting that
     fixes it. ``"keep"``: no change and no check.
+
+    Cost: the math backend materialises the (batch, heads, T, T) attention weights for the
+    backward, O(B·H·T²) memory, like ``"eager"`` attention; the fused kernels it replaces do not.
+
+    Example:
+        On CPU, HF's default ``"sdpa"`` attention has no double backward; under the context it
+        does, so a Hessian-vector product goes through:
+
+        >>> import torch
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> from hessian_eigenthings_hf import differentiable_attention
+        >>> _ = torch.manual_seed(0)
+        >>> config = GPT2Config(vocab_size=11, n_embd=8, n_layer=1, n_head=2, n_positions=8,
+        ...                     n_inner=8, bos_token_id=1, eos_token_id=2,
+        ...                     attn_implementation="sdpa")
+        >>> model = GPT2LMHeadModel(config).eval()
+        >>> ids = torch.tensor([[1, 5, 3, 7, 2]])
+        >>> with differentiable_attention(model):
+        ...     loss = model(ids, labels=ids).loss
+        >>> params = list(model.parameters())
+        >>> grads = torch.autograd.grad(loss, params, create_graph=True)
+        >>> v = [torch.randn_like(p) for p in params]
+        >>> hv = torch.autograd.grad(sum((g * w).sum() for g, w in zip(grads, v)), params)
+        >>> len(hv) == len(params), all(bool(h.isfinite().all()) for h in hv)
+        (True, True)
     """
     if attention == "keep":
         return nullcontext()

@@ -78,6 +78,32 @@ class TokenCrossEntropy(CrossEntropyLossOfOutput):
     batch by ``targets_fn`` (shifted for causal LMs), so it carries the whole loss-of-output
     protocol: ``.hvp`` (analytical GGN), ``.hessian_sqrt_matmul`` (type-2 Fisher),
     ``.sample_gradients`` (Monte-Carlo Fisher) and ``.batch_weight`` (valid targets).
+
+    Math: ``L = (1/n) Σ_{valid (b,t)} −log softmax(z_bt)[y_bt]`` with n valid targets, and
+    ``.hvp`` gives ``∇²_z L · u = (p ⊙ u − p ⟨p, u⟩) / n`` per valid position (0 elsewhere),
+    p = softmax(z). Cost: O(B·T·V) time and one (B, T, V) temporary per call. Made by
+    :func:`hf_lm_shifted_ce` / :func:`hf_lm_loss_of_output` (causal) and
+    :func:`hf_seq2seq_loss_of_output` (encoder-decoder).
+
+    Example:
+        The analytical ``.hvp`` equals autograd's Hessian-vector product of the loss:
+
+        >>> import torch
+        >>> from hessian_eigenthings_hf import TokenCrossEntropy, hf_lm_shifted_ce
+        >>> ce = hf_lm_shifted_ce(fused="eager")
+        >>> isinstance(ce, TokenCrossEntropy)
+        True
+        >>> g = torch.Generator().manual_seed(0)
+        >>> logits = torch.randn(2, 5, 11, dtype=torch.float64, generator=g)
+        >>> u = torch.randn(2, 5, 11, dtype=torch.float64, generator=g)
+        >>> batch = {"input_ids": torch.tensor([[1, 5, 3, 7, 2], [1, 4, 4, 9, 0]])}
+        >>> z = logits.clone().requires_grad_()
+        >>> (grad,) = torch.autograd.grad(ce(z, batch), z, create_graph=True)
+        >>> (hvp,) = torch.autograd.grad(grad, z, u)
+        >>> torch.allclose(ce.hvp(logits, batch, u), hvp)
+        True
+        >>> ce.batch_weight(batch)  # 2 rows × 4 next-token predictions
+        8.0
     """
 
     def __init__(self, targets_fn: TargetsFn, *, fused: str = "auto", who: str) -> None:
@@ -117,6 +143,29 @@ class LMForward:
     Causal models get the batch without ``labels`` (so HF computes no loss of its own);
     encoder-decoder models additionally get ``decoder_input_ids`` made from ``labels`` by the
     model's own shift (``prepare_decoder_input_ids_from_labels``) unless the batch has them.
+    ``use_cache=False`` is passed where the config knows the option. Cost: one forward pass,
+    under :func:`differentiable_attention` (SDPA on its math backend, which stores the
+    (B, heads, T, T) attention weights). ``batch_weight(batch)`` counts the valid targets.
+    Made by :func:`hf_lm_forward` and :func:`hf_seq2seq_forward`.
+
+    Example:
+        >>> import torch
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> _ = torch.manual_seed(0)
+        >>> config = GPT2Config(vocab_size=11, n_embd=8, n_layer=1, n_head=2, n_positions=8,
+        ...                     n_inner=8, bos_token_id=1, eos_token_id=2,
+        ...                     attn_implementation="eager")
+        >>> model = GPT2LMHeadModel(config).eval()
+        >>> batch = {"input_ids": torch.tensor([[1, 5, 3, 7, 2], [1, 4, 4, 9, 0]]),
+        ...          "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])}
+        >>> from hessian_eigenthings_hf import LMForward, hf_lm_forward
+        >>> forward = hf_lm_forward()
+        >>> isinstance(forward, LMForward), forward(model, batch).shape
+        (True, torch.Size([2, 5, 11]))
+        >>> sorted(forward.inputs(model, batch))
+        ['attention_mask', 'input_ids', 'use_cache']
+        >>> forward.batch_weight(batch)  # 4 + 3 next-token targets (the last one is padding)
+        7.0
     """
 
     def __init__(
@@ -159,7 +208,32 @@ class LMForward:
 
 class ModelLoss:
     """``loss_fn(model, batch) = loss_of_output(forward(model, batch), batch)`` with the same
-    ``batch_weight``; ``.forward`` and ``.loss_of_output`` give the GGN split."""
+    ``batch_weight``; ``.forward`` and ``.loss_of_output`` give the GGN split.
+
+    Math: the mean token cross-entropy of the model's logits over the batch's valid targets
+    (see :class:`TokenCrossEntropy`). Cost: one forward (:class:`LMForward`) and one
+    O(B·T·V) cross-entropy per call. Made by :func:`hf_lm_loss` and :func:`hf_seq2seq_loss`.
+
+    Example:
+        >>> import torch
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> _ = torch.manual_seed(0)
+        >>> config = GPT2Config(vocab_size=11, n_embd=8, n_layer=1, n_head=2, n_positions=8,
+        ...                     n_inner=8, bos_token_id=1, eos_token_id=2,
+        ...                     attn_implementation="eager")
+        >>> model = GPT2LMHeadModel(config).eval()
+        >>> batch = {"input_ids": torch.tensor([[1, 5, 3, 7, 2], [1, 4, 4, 9, 0]]),
+        ...          "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])}
+        >>> from hessian_eigenthings_hf import ModelLoss, hf_lm_loss
+        >>> loss_fn = hf_lm_loss()
+        >>> isinstance(loss_fn, ModelLoss)
+        True
+        >>> logits = loss_fn.forward(model, batch)
+        >>> torch.equal(loss_fn(model, batch), loss_fn.loss_of_output(logits, batch))
+        True
+        >>> loss_fn.batch_weight(batch)
+        7.0
+    """
 
     def __init__(self, forward: LMForward, loss_of_output: TokenCrossEntropy, who: str) -> None:
         self.forward = forward
@@ -185,6 +259,30 @@ def hf_lm_forward(attention: AttentionMode = "auto") -> LMForward:
 
     ``attention="auto"`` runs SDPA attention on its math backend so it can be differentiated
     twice; ``"keep"`` leaves the model's attention kernel alone (first derivatives only).
+    With :func:`hf_lm_loss_of_output` it gives the GGN ``G = Jᵀ H_ℓ J`` (J the Jacobian of the
+    logits, H_ℓ the cross-entropy Hessian), whose product costs one forward-mode and one
+    reverse-mode pass per batch. Returns an :class:`LMForward`.
+
+    Example:
+        The GGN of a tiny GPT-2 is positive semi-definite: ``vᵀ G v ≥ 0``.
+
+        >>> import torch
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> _ = torch.manual_seed(0)
+        >>> config = GPT2Config(vocab_size=11, n_embd=8, n_layer=1, n_head=2, n_positions=8,
+        ...                     n_inner=8, bos_token_id=1, eos_token_id=2,
+        ...                     attn_implementation="eager")
+        >>> model = GPT2LMHeadModel(config).eval()
+        >>> batch = {"input_ids": torch.tensor([[1, 5, 3, 7, 2], [1, 4, 4, 9, 0]]),
+        ...          "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])}
+        >>> from hessian_eigenthings import GGNOperator
+        >>> from hessian_eigenthings_hf import hf_lm_forward, hf_lm_loss_of_output
+        >>> ggn = GGNOperator(model, [batch], hf_lm_forward(), hf_lm_loss_of_output(fused="eager"))
+        >>> ggn.size == sum(p.numel() for p in model.parameters())
+        True
+        >>> v = torch.randn(ggn.size)
+        >>> bool(v @ (ggn @ v) >= 0)
+        True
     """
     return LMForward(
         causal_lm_targets, encoder_decoder=False, attention=attention, who="hf_lm_forward"
@@ -194,15 +292,51 @@ def hf_lm_forward(attention: AttentionMode = "auto") -> LMForward:
 def hf_lm_shifted_ce(fused: str = "auto") -> TokenCrossEntropy:
     """Shifted next-token cross-entropy ``(logits, batch) -> loss`` with an analytical ``.hvp``.
 
+    ``L = (1/n) Σ_{valid t} −log softmax(z_t)[y_{t+1}]``: the logits at position t are scored
+    against token t+1 (targets from :func:`causal_lm_targets`), without slicing the logits.
     ``fused`` picks the cross-entropy HVP backend (``"auto"``, ``"eager"``, ``"compile"``, or a
-    plugin's, e.g. ``"triton"``).
+    plugin's, e.g. ``"triton"``). Cost: O(B·T·V) per call. Returns a
+    :class:`TokenCrossEntropy`.
+
+    Example:
+        The same value as slicing the logits and the tokens by hand:
+
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from hessian_eigenthings_hf import hf_lm_shifted_ce
+        >>> ids = torch.tensor([[1, 5, 3, 7, 2], [1, 4, 4, 9, 0]])
+        >>> logits = torch.randn(2, 5, 11, generator=torch.Generator().manual_seed(0))
+        >>> loss = hf_lm_shifted_ce()(logits, {"input_ids": ids})
+        >>> by_hand = F.cross_entropy(logits[:, :-1].reshape(-1, 11), ids[:, 1:].reshape(-1))
+        >>> torch.allclose(loss, by_hand)
+        True
     """
     return TokenCrossEntropy(causal_lm_targets, fused=fused, who="hf_lm_shifted_ce")
 
 
 def hf_lm_loss_of_output(fused: str = "auto") -> TokenCrossEntropy:
     """``loss_of_output_fn(logits, batch)`` for HF causal LMs: :func:`hf_lm_shifted_ce`, the
-    companion of :func:`hf_lm_forward`."""
+    companion of :func:`hf_lm_forward`.
+
+    Its ``.hvp(logits, batch, u)`` is ``(p ⊙ u − p ⟨p, u⟩) / n`` at each valid position and 0
+    elsewhere (p = softmax of the logits, n the number of valid targets): O(B·T·V) time, no
+    autograd. Returns a :class:`TokenCrossEntropy`.
+
+    Example:
+        Checking the formula on random logits; the last position predicts nothing:
+
+        >>> import torch
+        >>> from hessian_eigenthings_hf import hf_lm_loss_of_output
+        >>> g = torch.Generator().manual_seed(0)
+        >>> logits = torch.randn(1, 4, 6, dtype=torch.float64, generator=g)
+        >>> u = torch.randn(1, 4, 6, dtype=torch.float64, generator=g)
+        >>> batch = {"input_ids": torch.tensor([[1, 2, 3, 4]])}  # 3 valid targets
+        >>> hvp = hf_lm_loss_of_output(fused="eager").hvp(logits, batch, u)
+        >>> p = logits.softmax(-1)
+        >>> formula = (p * u - p * (p * u).sum(-1, keepdim=True)) / 3
+        >>> torch.allclose(hvp[:, :3], formula[:, :3]), bool((hvp[:, 3] == 0).all())
+        (True, True)
+    """
     return TokenCrossEntropy(causal_lm_targets, fused=fused, who="hf_lm_loss_of_output")
 
 
@@ -210,13 +344,61 @@ def hf_lm_loss(attention: AttentionMode = "auto") -> ModelLoss:
     """``loss_fn(model, batch)`` for HF causal LMs: ``model(**batch).loss`` semantics.
 
     Mean next-token cross-entropy (labels default to ``input_ids``; ``-100`` labels and padding
-    ignored), in the model's precision; ``batch_weight`` = valid tokens.
+    ignored), in the model's precision; ``batch_weight`` = valid tokens, so the operators give
+    the curvature of the token-mean loss over all batches. For
+    :class:`~hessian_eigenthings.HessianOperator`, whose product costs one forward and a double
+    backward per batch. Returns a :class:`ModelLoss`.
+
+    Example:
+        >>> import torch
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> _ = torch.manual_seed(0)
+        >>> config = GPT2Config(vocab_size=11, n_embd=8, n_layer=1, n_head=2, n_positions=8,
+        ...                     n_inner=8, bos_token_id=1, eos_token_id=2,
+        ...                     attn_implementation="eager")
+        >>> model = GPT2LMHeadModel(config).eval()
+        >>> batch = {"input_ids": torch.tensor([[1, 5, 3, 7, 2], [1, 4, 4, 9, 0]]),
+        ...          "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])}
+        >>> from hessian_eigenthings import HessianOperator, lanczos
+        >>> from hessian_eigenthings_hf import hf_lm_loss
+        >>> loss_fn = hf_lm_loss()
+        >>> labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        >>> torch.allclose(loss_fn(model, batch), model(**batch, labels=labels).loss)
+        True
+        >>> hessian = HessianOperator(model, [batch], loss_fn)
+        >>> hessian.size == sum(p.numel() for p in model.parameters())
+        True
+        >>> lanczos(hessian, k=1, seed=0).converged
+        True
     """
     return ModelLoss(hf_lm_forward(attention), hf_lm_shifted_ce("auto"), who="hf_lm_loss")
 
 
 def hf_seq2seq_forward(attention: AttentionMode = "auto") -> LMForward:
-    """``forward_fn(model, batch) -> decoder logits`` for HF encoder-decoder models (T5, BART)."""
+    """``forward_fn(model, batch) -> decoder logits`` for HF encoder-decoder models (T5, BART).
+
+    The decoder input is the model's own right shift of ``labels``; the logits (B, T_dec, V)
+    are scored against the unshifted labels by :func:`hf_seq2seq_loss_of_output`. Cost: one
+    encoder-decoder forward. Returns an :class:`LMForward`.
+
+    Example:
+        >>> import torch
+        >>> from transformers import T5Config, T5ForConditionalGeneration
+        >>> _ = torch.manual_seed(0)
+        >>> config = T5Config(vocab_size=11, d_model=8, d_kv=2, d_ff=8, num_layers=1, num_heads=2,
+        ...                   relative_attention_num_buckets=4, decoder_start_token_id=0,
+        ...                   pad_token_id=0, eos_token_id=1, attn_implementation="eager")
+        >>> model = T5ForConditionalGeneration(config).eval()
+        >>> batch = {"input_ids": torch.tensor([[3, 4, 5, 1], [6, 7, 1, 0]]),
+        ...          "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]),
+        ...          "labels": torch.tensor([[8, 9, 1], [5, 1, -100]])}
+        >>> from hessian_eigenthings_hf import hf_seq2seq_forward
+        >>> forward = hf_seq2seq_forward()
+        >>> forward(model, batch).shape  # (batch, decoder length, vocabulary)
+        torch.Size([2, 3, 11])
+        >>> "decoder_input_ids" in forward.inputs(model, batch), forward.batch_weight(batch)
+        (True, 5.0)
+    """
     return LMForward(
         seq2seq_targets, encoder_decoder=True, attention=attention, who="hf_seq2seq_forward"
     )
@@ -224,7 +406,22 @@ def hf_seq2seq_forward(attention: AttentionMode = "auto") -> LMForward:
 
 def hf_seq2seq_loss_of_output(fused: str = "auto") -> TokenCrossEntropy:
     """``loss_of_output_fn(logits, batch)`` for encoder-decoder models: cross-entropy against
-    the unshifted ``labels``, with an analytical ``.hvp``."""
+    the unshifted ``labels``, with an analytical ``.hvp``.
+
+    ``L = (1/n) Σ_{labels ≠ −100} −log softmax(z_t)[labels_t]`` (targets from
+    :func:`seq2seq_targets`). Cost: O(B·T·V). Returns a :class:`TokenCrossEntropy`.
+
+    Example:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from hessian_eigenthings_hf import hf_seq2seq_loss_of_output
+        >>> labels = torch.tensor([[8, 9, 1], [5, 1, -100]])
+        >>> batch = {"input_ids": torch.tensor([[3, 4, 5, 1], [6, 7, 1, 0]]), "labels": labels}
+        >>> logits = torch.randn(2, 3, 11, generator=torch.Generator().manual_seed(0))
+        >>> loss = hf_seq2seq_loss_of_output()(logits, batch)
+        >>> torch.allclose(loss, F.cross_entropy(logits.reshape(-1, 11), labels.reshape(-1)))
+        True
+    """
     return TokenCrossEntropy(seq2seq_targets, fused=fused, who="hf_seq2seq_loss_of_output")
 
 
@@ -233,7 +430,29 @@ def hf_seq2seq_loss(attention: AttentionMode = "auto") -> ModelLoss:
 
     The batch holds the encoder's ``input_ids``/``attention_mask`` and the target ``labels``;
     the decoder input is the model's right shift of the labels. Mean cross-entropy over labels
-    that are not ``-100`` (nor masked by ``decoder_attention_mask``).
+    that are not ``-100`` (nor masked by ``decoder_attention_mask``); ``batch_weight`` = that
+    count. Cost: one forward per call (a double backward more per Hessian product). Returns a
+    :class:`ModelLoss`.
+
+    Example:
+        The same loss as the model's own ``.loss``:
+
+        >>> import torch
+        >>> from transformers import T5Config, T5ForConditionalGeneration
+        >>> _ = torch.manual_seed(0)
+        >>> config = T5Config(vocab_size=11, d_model=8, d_kv=2, d_ff=8, num_layers=1, num_heads=2,
+        ...                   relative_attention_num_buckets=4, decoder_start_token_id=0,
+        ...                   pad_token_id=0, eos_token_id=1, attn_implementation="eager")
+        >>> model = T5ForConditionalGeneration(config).eval()
+        >>> batch = {"input_ids": torch.tensor([[3, 4, 5, 1], [6, 7, 1, 0]]),
+        ...          "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]),
+        ...          "labels": torch.tensor([[8, 9, 1], [5, 1, -100]])}
+        >>> from hessian_eigenthings_hf import hf_seq2seq_loss
+        >>> loss_fn = hf_seq2seq_loss()
+        >>> torch.allclose(loss_fn(model, batch), model(**batch).loss)
+        True
+        >>> loss_fn.batch_weight(batch)  # labels that are not -100
+        5.0
     """
     return ModelLoss(
         hf_seq2seq_forward(attention), hf_seq2seq_loss_of_output("auto"), who="hf_seq2seq_loss"

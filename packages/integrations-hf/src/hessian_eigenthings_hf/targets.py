@@ -18,8 +18,21 @@ from hessian_eigenthings.errors import InvalidArgumentError
 
 __all__ = ["IGNORE_INDEX", "causal_lm_targets", "count_valid", "require_mapping", "seq2seq_targets"]
 
-#: HF's label value for "not a target" (also ``F.cross_entropy``'s default ``ignore_index``).
 IGNORE_INDEX = -100
+"""HF's label value for "not a target" (also ``F.cross_entropy``'s default ``ignore_index``).
+
+Positions whose target is ``IGNORE_INDEX`` add nothing to the loss, its gradient or its
+curvature, and are not counted in a batch's weight.
+
+Example:
+    >>> import inspect
+    >>> import torch.nn.functional as F
+    >>> from hessian_eigenthings_hf import IGNORE_INDEX
+    >>> IGNORE_INDEX
+    -100
+    >>> IGNORE_INDEX == inspect.signature(F.cross_entropy).parameters["ignore_index"].default
+    True
+"""
 
 
 def require_mapping(batch: Any, who: str) -> Mapping[str, Any]:
@@ -55,6 +68,19 @@ def causal_lm_targets(batch: Mapping[str, Any]) -> torch.Tensor:
     ``labels`` default to ``input_ids``. A prediction is ignored when its target is labelled
     ``IGNORE_INDEX``, or when the predicted *or* the predicting position has
     ``attention_mask == 0`` (padding on either side), and always at the last position.
+    Cost: O(B·T); the targets are aligned with the unsliced logits, so no shifted copy of the
+    (B, T, V) logits is ever made.
+
+    Example:
+        >>> import torch
+        >>> from hessian_eigenthings_hf import causal_lm_targets
+        >>> ids = torch.tensor([[1, 5, 3, 7, 2], [0, 4, 4, 9, 6]])
+        >>> mask = torch.tensor([[1, 1, 1, 1, 1], [0, 1, 1, 1, 1]])  # row 2 is left-padded
+        >>> labels = ids.clone()
+        >>> labels[0, 2] = -100  # do not score token 3
+        >>> causal_lm_targets({"input_ids": ids, "attention_mask": mask, "labels": labels})
+        tensor([[   5, -100,    7,    2, -100],
+                [-100,    4,    9,    6, -100]])
     """
     ids = batch["input_ids"]
     labels = _matching(batch, "labels", ids.shape)
@@ -70,7 +96,19 @@ def causal_lm_targets(batch: Mapping[str, Any]) -> torch.Tensor:
 
 def seq2seq_targets(batch: Mapping[str, Any]) -> torch.Tensor:
     """Decoder targets (B, T_dec): ``labels`` as they are (the decoder input is shifted instead),
-    ignored where ``decoder_attention_mask == 0`` if the batch has one."""
+    ignored where ``decoder_attention_mask == 0`` if the batch has one.
+
+    Cost: O(B·T_dec); no copy when there is no decoder mask.
+
+    Example:
+        >>> import torch
+        >>> from hessian_eigenthings_hf import seq2seq_targets
+        >>> batch = {"input_ids": torch.tensor([[3, 4, 1]]),
+        ...          "labels": torch.tensor([[8, 9, 1, 5]]),
+        ...          "decoder_attention_mask": torch.tensor([[1, 1, 1, 0]])}
+        >>> seq2seq_targets(batch)
+        tensor([[   8,    9,    1, -100]])
+    """
     labels = batch.get("labels")
     if not isinstance(labels, torch.Tensor):
         raise InvalidArgumentError(

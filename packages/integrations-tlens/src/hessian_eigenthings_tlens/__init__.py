@@ -36,6 +36,14 @@ from hessian_eigenthings_tlens.models import build_tlens_model, tlens_version
 from hessian_eigenthings_tlens.names import TLensParamNames, tlens_names, tlens_param_filter
 
 __version__ = "0.1.0"
+"""The version of the ``hessian-eigenthings-tlens`` distribution.
+
+Example:
+    >>> from importlib.metadata import version
+    >>> import hessian_eigenthings_tlens
+    >>> hessian_eigenthings_tlens.__version__ == version("hessian-eigenthings-tlens")
+    True
+"""
 
 __all__ = [
     "IGNORE_INDEX",

@@ -28,8 +28,20 @@ from hessian_eigenthings.errors import InvalidArgumentError
 
 __all__ = ["IGNORE_INDEX", "TokenBatch", "count_targets", "next_token_targets", "parse_batch"]
 
-#: Target value of unscored positions (``torch.nn.functional.cross_entropy``'s default).
 IGNORE_INDEX = -100
+"""Target value of unscored positions (``torch.nn.functional.cross_entropy``'s default).
+
+Positions labelled ``IGNORE_INDEX`` add nothing to the loss or its curvature and are not
+counted in a batch's weight.
+
+Example:
+    >>> import torch
+    >>> from hessian_eigenthings_tlens import IGNORE_INDEX, TokenBatch, next_token_targets
+    >>> IGNORE_INDEX
+    -100
+    >>> next_token_targets(TokenBatch(torch.tensor([[4, 2]])))  # the last position is unscored
+    tensor([[   2, -100]])
+"""
 
 _TOKEN_KEYS = ("tokens", "input_ids")
 _MASK_KEYS = ("attention_mask", "loss_mask")
@@ -37,7 +49,20 @@ _MASK_KEYS = ("attention_mask", "loss_mask")
 
 @dataclass(frozen=True)
 class TokenBatch:
-    """A parsed batch: ``(B, T)`` token ids and optional ``(B, T)`` masks."""
+    """A parsed batch: ``(B, T)`` token ids and optional ``(B, T)`` masks.
+
+    ``attention_mask`` (1 = real token, 0 = padding) is passed to the model; ``loss_mask``
+    (1 = score this token as a target) only restricts the targets. Holding one costs nothing:
+    the tensors are not copied.
+
+    Example:
+        >>> import torch
+        >>> from hessian_eigenthings_tlens import TokenBatch, next_token_targets
+        >>> batch = TokenBatch(torch.tensor([[3, 1, 4, 1]]),
+        ...                    loss_mask=torch.tensor([[1, 1, 0, 1]]))  # do not score token 4
+        >>> next_token_targets(batch)
+        tensor([[   1, -100,    1, -100]])
+    """
 
     tokens: torch.Tensor
     attention_mask: torch.Tensor | None = None
@@ -84,7 +109,21 @@ def parse_batch(batch: Any, who: str = "tlens batch") -> TokenBatch:
 
 
 def next_token_targets(batch: TokenBatch) -> torch.Tensor:
-    """``(B, T)`` targets aligned with the logits: token t+1 at position t, else ignored."""
+    """``(B, T)`` targets aligned with the logits: token t+1 at position t, else ignored.
+
+    Position t is scored when tokens t and t+1 are both real (``attention_mask``) and token t+1
+    is selected by ``loss_mask``; the last position never is. Cost: O(B·T); being aligned with
+    the unsliced ``(B, T, V)`` logits, the targets spare a shifted copy of them.
+
+    Example:
+        >>> import torch
+        >>> from hessian_eigenthings_tlens import TokenBatch, next_token_targets
+        >>> tokens = torch.tensor([[1, 5, 3, 7, 2], [0, 4, 4, 9, 6]])
+        >>> mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])  # row 1 ends in padding
+        >>> next_token_targets(TokenBatch(tokens, attention_mask=mask))
+        tensor([[   5,    3,    7, -100, -100],
+                [   4,    4,    9,    6, -100]])
+    """
     tokens = batch.tokens
     targets = torch.full_like(tokens, IGNORE_INDEX, dtype=torch.long)
     if tokens.shape[1] < 2:

@@ -44,6 +44,23 @@ __all__ = ["ComponentSpec", "OperatorFactory", "component_operators", "component
 ComponentSpec: TypeAlias = (
     Literal["blocks", "attn", "mlp", "heads"] | Mapping[str, str | Sequence[str]]
 )
+"""How :func:`component_operators` cuts a model into components.
+
+``"blocks"``, ``"attn"``, ``"mlp"`` (one component per layer), ``"heads"`` (one per attention
+head or key/value group) or a mapping ``{name: pattern or [patterns]}`` with
+:func:`tlens_param_filter` patterns (module docstring).
+
+Example:
+    >>> import torch
+    >>> from hessian_eigenthings_tlens import build_tlens_model, component_operators
+    >>> model = build_tlens_model({"n_layers": 1, "d_model": 8, "d_head": 4, "n_heads": 2,
+    ...                            "n_ctx": 8, "d_vocab": 13, "d_mlp": 8, "act_fn": "gelu",
+    ...                            "normalization_type": "LN"}, dtype="float64")
+    >>> data = [torch.tensor([[1, 5, 3, 7, 2], [0, 4, 4, 9, 6]])]
+    >>> spec = {"embedding": "embed", "mlps": "blocks.*.mlp"}
+    >>> {name: op.size for name, op in component_operators(model, data, components=spec).items()}
+    {'embedding': 104, 'mlps': 144}
+"""
 #: ``factory(model, dataloader, param_filter) -> CurvatureOperator`` for other operators.
 OperatorFactory: TypeAlias = Callable[[nn.Module, Any, ParamFilter], CurvatureOperator]
 
@@ -269,6 +286,12 @@ def component_operators(
 ) -> dict[str, CurvatureOperator]:
     """One curvature operator per component of a TransformerLens model (see the module doc).
 
+    Component c's operator is the diagonal block ``A_cc`` of the model's curvature A for c's
+    parameters (the others held fixed). Building the operators costs nothing; each product
+    costs what one product of the chosen operator costs (a forward and a double backward per
+    batch for ``"hessian"``), and a head's product is one product of its layer's attention
+    operator restricted to the head's coordinates (``Pᵀ A P``).
+
     Args:
         model: a ``TransformerBridge`` or ``HookedTransformer``.
         dataloader: token batches (see :mod:`hessian_eigenthings_tlens.batches`).
@@ -279,6 +302,27 @@ def component_operators(
             ``(model, dataloader, param_filter) -> CurvatureOperator``.
         **operator_kwargs: passed to the operator (``num_batches``, ``microbatch_size``,
             ``method``, ...); not ``param_filter``, which each component sets.
+
+    Returns:
+        ``{component name: CurvatureOperator}`` in layer order.
+
+    Example:
+        Each of the 2 heads owns its rows of W_Q, W_K, W_V (4 × 8 each), of b_Q, b_K, b_V
+        (4 each) and its 4 × 8 slice of W_O: 140 coordinates; b_O belongs to no head.
+
+        >>> import torch
+        >>> from hessian_eigenthings_tlens import build_tlens_model
+        >>> model = build_tlens_model({"n_layers": 1, "d_model": 8, "d_head": 4, "n_heads": 2,
+        ...                            "n_ctx": 8, "d_vocab": 13, "d_mlp": 8, "act_fn": "gelu",
+        ...                            "normalization_type": "LN"}, dtype="float64")
+        >>> tokens = torch.tensor([[1, 5, 3, 7, 2], [0, 4, 4, 9, 6]])
+        >>> from hessian_eigenthings_tlens import component_operators
+        >>> heads = component_operators(model, [tokens], components="heads")
+        >>> {name: op.size for name, op in heads.items()}
+        {'blocks.0.attn.head.0': 140, 'blocks.0.attn.head.1': 140}
+        >>> attn = component_operators(model, [tokens], components="attn")
+        >>> {name: op.size for name, op in attn.items()}  # 2 · 140 + 8 (b_O)
+        {'blocks.0.attn': 288}
     """
     if "param_filter" in operator_kwargs:
         raise InvalidArgumentError(
@@ -319,6 +363,30 @@ def component_spectra(
     component gets the same seed. ``operator_kwargs`` go to the operators, ``lanczos_kwargs``
     to :func:`hessian_eigenthings.lanczos`. A component smaller than ``k`` is an error that
     names it.
+
+    Cost: one Lanczos run per component, each at most ``max_iter`` products of that
+    component's operator, with memory ``O(size · iterations)`` for its basis.
+
+    Example:
+        The result for a component is the same as Lanczos on a Hessian restricted to it:
+
+        >>> import torch
+        >>> from hessian_eigenthings_tlens import build_tlens_model
+        >>> model = build_tlens_model({"n_layers": 1, "d_model": 8, "d_head": 4, "n_heads": 2,
+        ...                            "n_ctx": 8, "d_vocab": 13, "d_mlp": 8, "act_fn": "gelu",
+        ...                            "normalization_type": "LN"}, dtype="float64")
+        >>> tokens = torch.tensor([[1, 5, 3, 7, 2], [0, 4, 4, 9, 6]])
+        >>> from hessian_eigenthings import HessianOperator, lanczos
+        >>> from hessian_eigenthings_tlens import (component_spectra, tlens_loss,
+        ...                                        tlens_param_filter)
+        >>> spectra = component_spectra(model, [tokens], components="mlp", k=2)
+        >>> list(spectra), spectra["blocks.0.mlp"].converged
+        (['blocks.0.mlp'], True)
+        >>> mlp = HessianOperator(model, [tokens], tlens_loss(),
+        ...                       param_filter=tlens_param_filter(model, "blocks.0.mlp"))
+        >>> direct = lanczos(mlp, 2, which="LA", seed=0)
+        >>> torch.allclose(spectra["blocks.0.mlp"].eigenvalues, direct.eigenvalues)
+        True
     """
     operators = component_operators(
         model, dataloader, components=components, operator=operator, **dict(operator_kwargs or {})

@@ -77,7 +77,24 @@ def _yaml(path: Path) -> Any:
 
 
 def read_tlens_config(path: str | Path) -> dict[str, Any]:
-    """The config fields in a ``.json``/``.yaml``/``.yml`` file."""
+    """The config fields in a ``.json``/``.yaml``/``.yml`` file.
+
+    YAML needs PyYAML; JSON does not. A missing file, another suffix, a parse error or a
+    top level that is not a mapping of names raises an error naming the file.
+
+    Example:
+        >>> import json, pathlib, tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = pathlib.Path(tmp.name) / "tiny.json"
+        >>> _ = path.write_text(json.dumps({"n_layers": 1, "d_model": 8, "d_head": 4,
+        ...     "n_heads": 2, "n_ctx": 8, "d_vocab": 13, "act_fn": "gelu",
+        ...     "normalization_type": "LN", "dtype": "float64"}))
+        >>> from hessian_eigenthings_tlens import read_tlens_config
+        >>> config = read_tlens_config(path)
+        >>> config["d_model"], config["dtype"]
+        (8, 'float64')
+        >>> tmp.cleanup()
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise InvalidArgumentError(f"--tlens {path}: no such config file")
@@ -111,7 +128,25 @@ def load_tlens_model(
     device: torch.device | str | None = None,
     seed: int | None = 0,
 ) -> nn.Module:
-    """The model a config file describes (see the module docstring), in eval mode."""
+    """The model a config file describes (see the module docstring), in eval mode.
+
+    :func:`read_tlens_config` then :func:`build_tlens_model`; ``dtype`` overrides the file's
+    ``"dtype"`` and ``seed`` seeds the initialisation unless the file sets ``"seed"``. Nothing
+    is downloaded.
+
+    Example:
+        >>> import json, pathlib, tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = pathlib.Path(tmp.name) / "tiny.json"
+        >>> _ = path.write_text(json.dumps({"n_layers": 1, "d_model": 8, "d_head": 4,
+        ...     "n_heads": 2, "n_ctx": 8, "d_vocab": 13, "act_fn": "gelu",
+        ...     "normalization_type": "LN", "dtype": "float64"}))
+        >>> from hessian_eigenthings_tlens import load_tlens_model
+        >>> model = load_tlens_model(path)
+        >>> next(model.parameters()).dtype, model.training
+        (torch.float64, False)
+        >>> tmp.cleanup()
+    """
     config = read_tlens_config(path)
     try:
         return build_tlens_model(config, dtype=dtype, device=device, seed=seed)
@@ -216,6 +251,22 @@ def load_token_batches(
 
     ``n_ctx`` and ``d_vocab`` (the model's) are checked when given: rows must fit the context
     and every id must be below the vocabulary size. ``seq_len`` defaults to ``n_ctx`` or 128.
+    Memory: the whole file's ids, once (the batches are views of them).
+
+    Example:
+        Ten ids cut into windows of 4: the third window is padded and masked out.
+
+        >>> import pathlib, tempfile
+        >>> from hessian_eigenthings_tlens import load_token_batches
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = pathlib.Path(tmp.name) / "ids.txt"
+        >>> _ = path.write_text("1 2 3 4 5 6 7 8 9 10")
+        >>> batches = load_token_batches(path, seq_len=4, batch_size=2)
+        >>> len(batches), batches[0]["tokens"].tolist()
+        (2, [[1, 2, 3, 4], [5, 6, 7, 8]])
+        >>> batches[1]["tokens"].tolist(), batches[1]["attention_mask"].tolist()
+        ([[9, 10, 0, 0]], [[1, 1, 0, 0]])
+        >>> tmp.cleanup()
     """
     seq_len = _positive("seq_len", seq_len or n_ctx or DEFAULT_SEQ_LEN)
     batch_size = _positive("batch_size", batch_size)

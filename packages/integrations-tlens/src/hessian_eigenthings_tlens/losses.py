@@ -58,7 +58,27 @@ def _batch_weight(batch: Any) -> int:
 
 
 class TLensForward:
-    """``forward_fn(model, batch)``: the model's ``(B, T, V)`` logits for the batch's tokens."""
+    """``forward_fn(model, batch)``: the model's ``(B, T, V)`` logits for the batch's tokens.
+
+    Calls ``model(tokens)`` (with ``attention_mask=`` when the batch has one) and checks the
+    shape of what comes back. Cost: one forward. ``batch_weight(batch)`` is the number of
+    scored next-token predictions, O(B·T). Made by :func:`tlens_forward`.
+
+    Example:
+        >>> import torch
+        >>> from hessian_eigenthings_tlens import build_tlens_model
+        >>> model = build_tlens_model({"n_layers": 1, "d_model": 8, "d_head": 4, "n_heads": 2,
+        ...                            "n_ctx": 8, "d_vocab": 13, "d_mlp": 8, "act_fn": "gelu",
+        ...                            "normalization_type": "LN"}, dtype="float64")
+        >>> tokens = torch.tensor([[1, 5, 3, 7, 2], [0, 4, 4, 9, 6]])
+        >>> from hessian_eigenthings_tlens import TLensForward, tlens_forward
+        >>> forward = tlens_forward()
+        >>> isinstance(forward, TLensForward), forward(model, tokens).shape
+        (True, torch.Size([2, 5, 13]))
+        >>> mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+        >>> forward.batch_weight({"tokens": tokens, "attention_mask": mask})  # 2 + 4 pairs
+        6
+    """
 
     def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
         parsed = parse_batch(batch, "tlens_forward")
@@ -91,6 +111,26 @@ class TLensCrossEntropy(CrossEntropyLossOfOutput):
     (:func:`~hessian_eigenthings_tlens.batches.next_token_targets`) as labels, so it carries the
     whole loss-of-output protocol: ``.hvp(logits, batch, u)`` (GGN), ``.hessian_sqrt_matmul``
     and ``.sample_gradients`` (Fisher operators) and ``.batch_weight(batch)``.
+
+    Math: ``L = (1/n) Σ_{scored (i,t)} −log softmax(z_it)[x_i,t+1]`` and
+    ``∇²_z L · u = (p ⊙ u − p ⟨p, u⟩) / n`` at each scored position, p = softmax(z).
+    Cost: O(B·T·V) per call. Made by :func:`tlens_loss_of_output`.
+
+    Example:
+        The loss needs no model, only logits; ``.hvp`` equals autograd's:
+
+        >>> import torch
+        >>> from hessian_eigenthings_tlens import TLensCrossEntropy
+        >>> ce = TLensCrossEntropy(fused="eager")
+        >>> g = torch.Generator().manual_seed(0)
+        >>> logits = torch.randn(2, 5, 13, dtype=torch.float64, generator=g)
+        >>> u = torch.randn(2, 5, 13, dtype=torch.float64, generator=g)
+        >>> tokens = torch.tensor([[1, 5, 3, 7, 2], [0, 4, 4, 9, 6]])
+        >>> z = logits.clone().requires_grad_()
+        >>> (grad,) = torch.autograd.grad(ce(z, tokens), z, create_graph=True)
+        >>> (hvp,) = torch.autograd.grad(grad, z, u)
+        >>> torch.allclose(ce.hvp(logits, tokens, u), hvp), ce.batch_weight(tokens)
+        (True, 8.0)
     """
 
     def __init__(self, *, fused: str = "auto") -> None:
@@ -123,7 +163,30 @@ class TLensCrossEntropy(CrossEntropyLossOfOutput):
 
 
 class TLensLoss:
-    """``loss_fn(model, batch)``: mean next-token cross-entropy of the model on the batch."""
+    """``loss_fn(model, batch)``: mean next-token cross-entropy of the model on the batch.
+
+    ``TLensCrossEntropy()(TLensForward()(model, batch), batch)`` with
+    ``batch_weight(batch)`` = scored predictions. Cost: one forward and an O(B·T·V)
+    cross-entropy per call. Made by :func:`tlens_loss`.
+
+    Example:
+        The same value as TransformerLens' own loss on an unpadded batch:
+
+        >>> import torch
+        >>> from hessian_eigenthings_tlens import build_tlens_model
+        >>> model = build_tlens_model({"n_layers": 1, "d_model": 8, "d_head": 4, "n_heads": 2,
+        ...                            "n_ctx": 8, "d_vocab": 13, "d_mlp": 8, "act_fn": "gelu",
+        ...                            "normalization_type": "LN"}, dtype="float64")
+        >>> tokens = torch.tensor([[1, 5, 3, 7, 2], [0, 4, 4, 9, 6]])
+        >>> from hessian_eigenthings_tlens import TLensLoss, tlens_loss
+        >>> loss_fn = tlens_loss()
+        >>> isinstance(loss_fn, TLensLoss)
+        True
+        >>> torch.allclose(loss_fn(model, tokens), model(tokens, return_type="loss"))
+        True
+        >>> loss_fn.batch_weight(tokens)  # 2 rows × 4 next-token predictions
+        8
+    """
 
     def __init__(self) -> None:
         self._forward = TLensForward()
@@ -143,13 +206,50 @@ class TLensLoss:
 def tlens_loss() -> TLensLoss:
     """Next-token cross-entropy ``loss_fn(model, batch)`` of a TransformerLens model.
 
-    For :class:`~hessian_eigenthings.HessianOperator` (and any operator taking a loss closure).
+    For :class:`~hessian_eigenthings.HessianOperator` (and any operator taking a loss closure),
+    whose product then costs a forward and a double backward per batch. Batches are weighted
+    by their scored predictions, so the operator is the curvature of the token-mean loss
+    (module docstring). Returns a :class:`TLensLoss`.
+
+    Example:
+        >>> import torch
+        >>> from hessian_eigenthings_tlens import build_tlens_model
+        >>> model = build_tlens_model({"n_layers": 1, "d_model": 8, "d_head": 4, "n_heads": 2,
+        ...                            "n_ctx": 8, "d_vocab": 13, "d_mlp": 8, "act_fn": "gelu",
+        ...                            "normalization_type": "LN"}, dtype="float64")
+        >>> tokens = torch.tensor([[1, 5, 3, 7, 2], [0, 4, 4, 9, 6]])
+        >>> from hessian_eigenthings import HessianOperator, lanczos
+        >>> from hessian_eigenthings_tlens import tlens_loss
+        >>> hessian = HessianOperator(model, [tokens], tlens_loss())
+        >>> result = lanczos(hessian, k=1, seed=0)
+        >>> result.converged, result.eigenvectors.shape == (1, hessian.size)
+        (True, True)
     """
     return TLensLoss()
 
 
 def tlens_forward() -> TLensForward:
-    """``forward_fn(model, batch)`` returning a TransformerLens model's logits (for GGN)."""
+    """``forward_fn(model, batch)`` returning a TransformerLens model's logits (for GGN).
+
+    With :func:`tlens_loss_of_output` it gives the GGN ``G = Jᵀ H_ℓ J`` (J the Jacobian of the
+    logits, H_ℓ the cross-entropy Hessian), a positive semi-definite matrix whose product costs
+    one forward-mode and one reverse-mode pass per batch. Returns a :class:`TLensForward`.
+
+    Example:
+        >>> import torch
+        >>> from hessian_eigenthings_tlens import build_tlens_model
+        >>> model = build_tlens_model({"n_layers": 1, "d_model": 8, "d_head": 4, "n_heads": 2,
+        ...                            "n_ctx": 8, "d_vocab": 13, "d_mlp": 8, "act_fn": "gelu",
+        ...                            "normalization_type": "LN"}, dtype="float64")
+        >>> tokens = torch.tensor([[1, 5, 3, 7, 2], [0, 4, 4, 9, 6]])
+        >>> from hessian_eigenthings import GGNOperator
+        >>> from hessian_eigenthings_tlens import tlens_forward, tlens_loss_of_output
+        >>> ggn = GGNOperator(model, [tokens], tlens_forward(), tlens_loss_of_output(fused="eager"))
+        >>> g = torch.Generator().manual_seed(0)
+        >>> v = torch.randn(ggn.size, dtype=torch.float64, generator=g)
+        >>> bool(v @ (ggn @ v) >= 0)  # vᵀ G v = (Jv)ᵀ H_ℓ (Jv) ≥ 0
+        True
+    """
     return TLensForward()
 
 
@@ -157,6 +257,22 @@ def tlens_loss_of_output(*, fused: str = "auto") -> TLensCrossEntropy:
     """Next-token cross-entropy of logits, with the analytical ``.hvp`` (for GGN/Fisher).
 
     ``fused`` picks the cross-entropy HVP backend: ``"auto"`` (the best registered one that can
-    serve the tensors), ``"eager"``, ``"compile"`` or one a plugin registers.
+    serve the tensors), ``"eager"``, ``"compile"`` or one a plugin registers. ``.hvp`` is
+    ``(p ⊙ u − p ⟨p, u⟩) / n`` at each scored position and 0 elsewhere (p = softmax of the
+    logits, n the scored count), O(B·T·V) without autograd. Returns a
+    :class:`TLensCrossEntropy`.
+
+    Example:
+        >>> import torch
+        >>> from hessian_eigenthings_tlens import tlens_loss_of_output
+        >>> g = torch.Generator().manual_seed(0)
+        >>> logits = torch.randn(1, 4, 6, dtype=torch.float64, generator=g)
+        >>> u = torch.randn(1, 4, 6, dtype=torch.float64, generator=g)
+        >>> tokens = torch.tensor([[1, 2, 3, 4]])  # 3 scored predictions
+        >>> hvp = tlens_loss_of_output(fused="eager").hvp(logits, tokens, u)
+        >>> p = logits.softmax(-1)
+        >>> formula = (p * u - p * (p * u).sum(-1, keepdim=True)) / 3
+        >>> torch.allclose(hvp[:, :3], formula[:, :3]), bool((hvp[:, 3] == 0).all())
+        (True, True)
     """
     return TLensCrossEntropy(fused=fused)

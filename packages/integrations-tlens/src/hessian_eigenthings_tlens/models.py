@@ -25,7 +25,20 @@ ModelKind = Literal["auto", "bridge", "hooked"]
 
 
 def tlens_version() -> tuple[int, ...]:
-    """The installed transformer-lens version as integers, e.g. ``(4, 3, 0)``."""
+    """The installed transformer-lens version as integers, e.g. ``(4, 3, 0)``.
+
+    Read from the package metadata without importing transformer_lens (cheap). A
+    pre-release suffix ends the tuple (``"4.0.0rc1"`` gives ``(4, 0, 0)``).
+
+    Example:
+        >>> from importlib.metadata import version
+        >>> from hessian_eigenthings_tlens import tlens_version
+        >>> installed = tlens_version()
+        >>> all(isinstance(part, int) for part in installed)
+        True
+        >>> version("transformer-lens").startswith(".".join(map(str, installed)))
+        True
+    """
     try:
         text = version("transformer-lens")
     except PackageNotFoundError:
@@ -106,6 +119,27 @@ def build_tlens_model(
         kind: ``"bridge"`` (``TransformerBridge.boot_native``, TransformerLens ≥ 4),
             ``"hooked"`` (``HookedTransformer``, TransformerLens < 4) or ``"auto"`` (the bridge
             where ``boot_native`` exists, else ``HookedTransformer``).
+
+    Returns:
+        The model, in eval mode. Nothing is downloaded; the cost is allocating and
+        initialising the parameters.
+
+    Example:
+        A seeded build is reproducible and leaves the caller's random state alone:
+
+        >>> import torch
+        >>> from hessian_eigenthings_tlens import build_tlens_model
+        >>> config = {"n_layers": 1, "d_model": 8, "d_head": 4, "n_heads": 2, "n_ctx": 8,
+        ...           "d_vocab": 13, "act_fn": "gelu", "normalization_type": "LN"}
+        >>> state = torch.random.get_rng_state()
+        >>> a = build_tlens_model(config, dtype="float64", seed=0)
+        >>> b = build_tlens_model(config, dtype="float64", seed=0)
+        >>> all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+        True
+        >>> torch.equal(torch.random.get_rng_state(), state), a.training
+        (True, False)
+        >>> a(torch.tensor([[1, 2, 3]])).shape  # (batch, positions, d_vocab) logits
+        torch.Size([1, 3, 13])
     """
     if not isinstance(config, Mapping):
         raise InvalidArgumentError(

@@ -62,6 +62,20 @@ _LEGACY_GROUPED = ("_W_K", "_W_V", "_b_K", "_b_V")
 class TLensParamNames:
     """The names of one parameter.
 
+    Example:
+        >>> import torch
+        >>> from hessian_eigenthings_tlens import build_tlens_model
+        >>> model = build_tlens_model({"n_layers": 1, "d_model": 8, "d_head": 4, "n_heads": 2,
+        ...                            "n_ctx": 8, "d_vocab": 13, "d_mlp": 8, "act_fn": "gelu",
+        ...                            "normalization_type": "LN"}, dtype="float64")
+        >>> from hessian_eigenthings_tlens import TLensParamNames, tlens_names
+        >>> entry = next(e for e in tlens_names(model).values()
+        ...              if e.canonical == "blocks.0.attn.W_Q")
+        >>> isinstance(entry, TLensParamNames), entry.fused_source
+        (True, False)
+        >>> entry.aliases[0], entry.raw in entry.aliases
+        ('blocks.0.attn.W_Q', True)
+
     Attributes:
         raw: the name ``model.named_parameters()`` reports (what operators and filters see).
         canonical: its TransformerLens name when it has one, else its shortest tree path.
@@ -129,7 +143,25 @@ def _fused_sources(params: list[torch.Tensor]) -> set[int]:
 
 
 def tlens_names(model: nn.Module) -> dict[str, TLensParamNames]:
-    """Every parameter's names, keyed by raw name, in ``model.named_parameters()`` order."""
+    """Every parameter's names, keyed by raw name, in ``model.named_parameters()`` order.
+
+    Each value is a :class:`TLensParamNames`: the TransformerLens name (``canonical``) and
+    every alias a filter pattern may use (module docstring). Cost: one walk over the module
+    tree and the parameters, O(number of parameter tensors · depth); no forward pass.
+
+    Example:
+        >>> import torch
+        >>> from hessian_eigenthings_tlens import build_tlens_model
+        >>> model = build_tlens_model({"n_layers": 1, "d_model": 8, "d_head": 4, "n_heads": 2,
+        ...                            "n_ctx": 8, "d_vocab": 13, "d_mlp": 8, "act_fn": "gelu",
+        ...                            "normalization_type": "LN"}, dtype="float64")
+        >>> from hessian_eigenthings_tlens import tlens_names
+        >>> names = tlens_names(model)
+        >>> [entry.canonical for entry in names.values()][:4]
+        ['embed.W_E', 'pos_embed.W_pos', 'blocks.0.ln1.w', 'blocks.0.ln1.b']
+        >>> list(names) == [raw for raw, _ in model.named_parameters()]
+        True
+    """
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     # nn.Module's own traversal: TransformerBridge overrides named_parameters() to report the
@@ -170,10 +202,24 @@ def tlens_param_filter(model: nn.Module, *patterns: str) -> ParamFilter:
     Names are those of :func:`tlens_names`, so ``tlens_param_filter(bridge, "blocks.*.attn")``
     selects every attention parameter of a ``TransformerBridge`` whose raw names do not
     contain ``blocks``. Fused sources (see the module docstring) are never selected. Each
-    pattern must select at least one parameter.
+    pattern must select at least one parameter. Cost: one :func:`tlens_names` call when the
+    filter is built; the returned filter is a set lookup.
 
-    >>> op = HessianOperator(model, batches, tlens_loss(),  # doctest: +SKIP
-    ...                      param_filter=tlens_param_filter(model, "blocks.*.attn.*"))
+    Example:
+        >>> import torch
+        >>> from hessian_eigenthings_tlens import build_tlens_model
+        >>> model = build_tlens_model({"n_layers": 1, "d_model": 8, "d_head": 4, "n_heads": 2,
+        ...                            "n_ctx": 8, "d_vocab": 13, "d_mlp": 8, "act_fn": "gelu",
+        ...                            "normalization_type": "LN"}, dtype="float64")
+        >>> tokens = torch.tensor([[1, 5, 3, 7, 2], [0, 4, 4, 9, 6]])
+        >>> from hessian_eigenthings import HessianOperator
+        >>> from hessian_eigenthings_tlens import tlens_loss, tlens_names, tlens_param_filter
+        >>> keep = tlens_param_filter(model, "blocks.*.attn.W_*")
+        >>> names = tlens_names(model)
+        >>> [names[raw].canonical for raw, p in model.named_parameters() if keep(raw, p)]
+        ['blocks.0.attn.W_Q', 'blocks.0.attn.W_K', 'blocks.0.attn.W_V', 'blocks.0.attn.W_O']
+        >>> HessianOperator(model, [tokens], tlens_loss(), param_filter=keep).size  # 4 · 8 · 8
+        256
     """
     if not patterns:
         raise InvalidArgumentError(

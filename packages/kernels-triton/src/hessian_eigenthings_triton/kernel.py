@@ -37,8 +37,8 @@ from hessian_eigenthings.errors import InvalidArgumentError
 
 __all__ = ["INTERPRETED", "ce_hvp_triton", "launch_config"]
 
-#: Largest chunk of a row one program holds at a time (elements).
 MAX_BLOCK_V = 4096
+"""Largest chunk of a row one program holds at a time (elements)."""
 
 
 # Triton reads the kernel's parameters from its source; they carry no Python annotations.
@@ -99,9 +99,9 @@ def _ce_hvp_rows(  # type: ignore[no-untyped-def]
             tl.store(out_row + idx, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-#: Whether ``triton.jit`` saw ``TRITON_INTERPRET`` set when this module was imported, i.e.
-#: whether the kernel runs in the interpreter (CPU tensors) rather than compiled for a GPU.
 INTERPRETED: bool = not isinstance(_ce_hvp_rows, triton.runtime.JITFunction)
+"""Whether ``triton.jit`` saw ``TRITON_INTERPRET`` set when this module was imported, i.e.
+whether the kernel runs in the interpreter (CPU tensors) rather than compiled for a GPU."""
 
 
 def launch_config(vocab: int, block_v: int | None = None) -> tuple[int, int]:

@@ -25,6 +25,24 @@ from hessian_eigenthings.operators.base import CurvatureOperator
 __all__ = ["Callback", "IterationInfo", "Which"]
 
 Which: TypeAlias = Literal["LM", "LA", "SA"]
+"""Which end of the spectrum an eigensolver returns, and in what order.
+
+``"LM"``: largest magnitude |λ| first (of ±λ, the positive one first); ``"LA"``: largest
+algebraic λ first; ``"SA"``: smallest algebraic λ first. ``"LM"`` also catches large negative
+curvature, ``"SA"`` asks for it directly.
+
+Example:
+    >>> import torch
+    >>> from hessian_eigenthings import LambdaOperator, lanczos
+    >>> d = torch.tensor([-5.0, 1.0, 2.0, 4.0], dtype=torch.float64)
+    >>> op = LambdaOperator(4, lambda v: d * v, dtype=torch.float64)  # diag(-5, 1, 2, 4)
+    >>> for which in ("LM", "LA", "SA"):
+    ...     vals = lanczos(op, k=2, which=which, seed=0).eigenvalues
+    ...     print(which, [round(x, 6) for x in vals.tolist()])
+    LM [-5.0, 4.0]
+    LA [4.0, 2.0]
+    SA [-5.0, 1.0]
+"""
 _WHICH = ("LM", "LA", "SA")
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -37,6 +55,24 @@ class IterationInfo:
     estimate, ...) as a float64 CPU tensor; ``residuals`` their residual norms where the
     algorithm has them. ``basis_size`` is the number of operator-sized vectors the algorithm
     holds (Lanczos) and ``stderr`` the running standard error (stochastic estimators).
+    ``num_matvecs`` counts the operator products spent so far. Building one costs nothing
+    beyond copying the small ``estimates``/``residuals`` tensors.
+
+    Example:
+        Power iteration on diag(5, 2, 1) reports its Rayleigh quotient after every product:
+
+        >>> import torch
+        >>> from hessian_eigenthings import power_iteration_one
+        >>> A = torch.diag(torch.tensor([5.0, 2.0, 1.0], dtype=torch.float64))
+        >>> infos = []
+        >>> value, vector = power_iteration_one(A, seed=0, callback=infos.append)
+        >>> first, last = infos[0], infos[-1]
+        >>> first.algorithm, first.iteration, first.num_matvecs
+        ('power_iteration', 1, 1)
+        >>> last.num_converged, round(float(last.estimates[0]), 4)
+        (1, 5.0)
+        >>> bool(last.residuals[0] <= 1e-6 * 5.0)  # the stopping rule ‖Ax − θx‖ ≤ tol·|θ|
+        True
     """
 
     algorithm: str
@@ -49,9 +85,29 @@ class IterationInfo:
     stderr: float | None = None
 
 
-#: A progress hook: receives an :class:`IterationInfo`; returning ``True`` stops the algorithm,
-#: which then returns what it has (marked unconverged, with a note).
 Callback: TypeAlias = Callable[[IterationInfo], "bool | None"]
+"""A progress hook ``callback(info) -> bool | None`` that every algorithm accepts.
+
+It is called with an :class:`IterationInfo` after each iteration (Lanczos: after each
+convergence check; stochastic estimators: after each block of probes). Returning ``True`` stops
+the algorithm, which returns what it has so far (marked unconverged, with a ``note``); any
+other return value lets it go on. The hook costs no products.
+
+Example:
+    >>> import torch
+    >>> from hessian_eigenthings import LambdaOperator, lanczos
+    >>> d = torch.arange(1.0, 11.0, dtype=torch.float64)
+    >>> op = LambdaOperator(10, lambda v: d * v, dtype=torch.float64)  # diag(1, ..., 10)
+    >>> seen = []
+    >>> def stop_after_three(info):
+    ...     seen.append(info.num_matvecs)
+    ...     return info.iteration >= 3
+    >>> result = lanczos(op, k=1, seed=0, callback=stop_after_three)
+    >>> seen, result.converged, result.num_matvecs
+    ([1, 2, 3], False, 3)
+    >>> result.note
+    'stopped by the callback after 3 iterations'
+"""
 
 
 def resolve_operator(

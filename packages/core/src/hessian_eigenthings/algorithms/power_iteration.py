@@ -65,19 +65,33 @@ def power_iteration_one(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The dominant (largest-magnitude) eigenpair by power iteration.
 
+    Iterates ``x ← A x / ‖A x‖`` and reports the Rayleigh quotient ``θ = ⟨x, A x⟩``; stops when
+    ``‖A x − θ x‖ ≤ tol·|θ|``. The error shrinks by ``|λ₂/λ₁|`` per product, so the cost is
+    about ``log(tol) / log|λ₂/λ₁|`` products (at most ``max_iter``); memory ``O(n)``.
+
     Args:
         operator: a :class:`CurvatureOperator`, a square tensor or a SciPy ``LinearOperator``.
         v0: start vector (n,) in the operator's dtype and device; random from ``seed`` if
             ``None``.
         max_iter: most products.
         tol: stop when ``‖A x − θ x‖ ≤ tol · |θ|``.
-        backend, seed, callback: as in :func:`lanczos` (positions follow the reference:
+        backend: as in :func:`lanczos` (positional here, as in the reference:
             ``power_iteration_one(operator, v0, max_iter, tol, backend)``).
+        seed: as in :func:`lanczos`.
+        callback: as in :func:`lanczos`.
 
     Returns:
         ``(eigenvalue, eigenvector)``: a 0-d float64 CPU tensor (the Rayleigh quotient of the
         returned vector) and a unit (n,) vector in the operator's dtype and device. Emits a
         :class:`ConvergenceWarning` when ``max_iter`` runs out first.
+
+    Example:
+        >>> import torch
+        >>> from hessian_eigenthings import power_iteration_one
+        >>> A = torch.diag(torch.tensor([5.0, 2.0, 1.0], dtype=torch.float64))
+        >>> value, vector = power_iteration_one(A, seed=0)
+        >>> round(float(value), 4), round(abs(float(vector[0])), 4)  # λ₁ = 5, x = ±e₁
+        (5.0, 1.0)
     """
     op, backend = resolve_operator(operator, backend)
     max_iter, tol, callback = _check(max_iter, tol, callback)
@@ -109,9 +123,21 @@ def deflated_power_iteration(
 ) -> EigenResult:
     """The ``num_eigs`` largest-magnitude eigenpairs, one power iteration each, deflating.
 
-    ``max_iter`` and ``tol`` apply to each eigenpair. Results are ordered by decreasing
-    magnitude (LM). Cost ``≤ num_eigs · max_iter`` products; memory ``O(n · num_eigs)``.
-    Prefer :func:`lanczos` unless memory forbids its basis. Reproducible for an int ``seed``.
+    Eigenpair j is found by power iteration on ``P A P`` with ``P = I − Vᵀ V`` projecting out
+    the rows V of the eigenvectors found before it (module docstring), so its rate is
+    ``|λ_{j+1}/λ_j|``. ``max_iter`` and ``tol`` apply to each eigenpair. Results are ordered by
+    decreasing magnitude (LM). Cost ``≤ num_eigs · max_iter`` products; memory
+    ``O(n · num_eigs)``. Prefer :func:`lanczos` unless memory forbids its basis. Reproducible
+    for an int ``seed``. Returns an :class:`EigenResult`.
+
+    Example:
+        >>> import torch
+        >>> from hessian_eigenthings import LambdaOperator, deflated_power_iteration
+        >>> d = torch.tensor([8.0, 4.0, 2.0, 1.0], dtype=torch.float64)
+        >>> op = LambdaOperator(4, lambda v: d * v, dtype=torch.float64)  # diag(8, 4, 2, 1)
+        >>> result = deflated_power_iteration(op, num_eigs=2, max_iter=200, tol=1e-10, seed=0)
+        >>> [round(x, 6) for x in result.eigenvalues.tolist()], result.converged
+        ([8.0, 4.0], True)
     """
     op, backend = resolve_operator(operator, backend)
     num_eigs = check_k(num_eigs, backend.total_size(op.size), "num_eigs")

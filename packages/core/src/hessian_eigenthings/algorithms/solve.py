@@ -58,6 +58,11 @@ def solve(
 ) -> SolveResult:
     """Solve ``(A + damping·I) x = b`` for a symmetric positive-definite ``A + damping·I``.
 
+    Conjugate gradients (module docstring): the error falls at least like
+    ``((√κ − 1)/(√κ + 1))^t`` with κ the condition number of ``A + δI``, at most n steps in
+    exact arithmetic. Cost: one product per iteration plus one per true-residual check;
+    memory ``O(n)`` (four vectors).
+
     Args:
         operator: a :class:`CurvatureOperator`, a square tensor or a SciPy ``LinearOperator``.
         b: the (n,) right-hand side, in the operator's dtype and device.
@@ -77,6 +82,18 @@ def solve(
     Returns:
         A :class:`SolveResult`: the solution (operator dtype), its true residual norm,
         iterations, whether it converged, the number of products, and a note when stopped early.
+
+    Example:
+        With A = diag(1, 2, 4), b = (1, 1, 1) and damping 1, the solution is
+        ``1 / (diag(A) + 1)``:
+
+        >>> import torch
+        >>> from hessian_eigenthings import LambdaOperator, solve
+        >>> d = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+        >>> op = LambdaOperator(3, lambda v: d * v, dtype=torch.float64)
+        >>> result = solve(op, torch.ones(3, dtype=torch.float64), damping=1.0)
+        >>> [round(x, 6) for x in result.solution.tolist()], result.converged
+        ([0.5, 0.333333, 0.2], True)
     """
     op, backend = resolve_operator(operator, backend)
     op.check_vector(b, "b")

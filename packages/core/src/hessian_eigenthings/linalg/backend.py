@@ -24,6 +24,24 @@ class LinAlgBackend(Protocol):
 
     Reductions (``dot``, ``norm``, ``inner``) return 0-d or small tensors on the vectors'
     device; everything else is elementwise and stays local to the caller's shard.
+
+    Example:
+        Every algorithm takes a ``backend=`` (default :class:`SingleDeviceBackend`); any object
+        with these methods qualifies:
+
+        >>> import torch
+        >>> from hessian_eigenthings import LambdaOperator, LinAlgBackend, SingleDeviceBackend
+        >>> from hessian_eigenthings import lanczos
+        >>> backend = SingleDeviceBackend()
+        >>> isinstance(backend, LinAlgBackend)
+        True
+        >>> basis = torch.eye(2, 3)  # two orthonormal rows
+        >>> backend.inner(basis, torch.tensor([3.0, 4.0, 5.0]))
+        tensor([3., 4.])
+        >>> d = torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)
+        >>> op = LambdaOperator(3, lambda v: d * v, dtype=torch.float64)
+        >>> lanczos(op, k=1, backend=backend, seed=0).eigenvalues
+        tensor([3.], dtype=torch.float64)
     """
 
     def dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -71,6 +89,20 @@ class SingleDeviceBackend:
     """:class:`LinAlgBackend` for vectors that live whole on one device (CPU or one GPU).
 
     Reductions accumulate in at least float32, so bf16/fp16 vectors give float32 results.
+
+    Example:
+        >>> import torch
+        >>> from hessian_eigenthings import SingleDeviceBackend
+        >>> backend = SingleDeviceBackend()
+        >>> a = torch.tensor([1.0, 2.0, 2.0])
+        >>> backend.dot(a, a), backend.norm(a)
+        (tensor(9.), tensor(3.))
+        >>> backend.axpy(2.0, a, torch.ones(3))  # 2·a + 1
+        tensor([3., 5., 5.])
+        >>> backend.dot(a.half(), a.half()).dtype  # half precision accumulates in float32
+        torch.float32
+        >>> backend.total_size(3)  # nothing is sharded
+        3
     """
 
     @staticmethod

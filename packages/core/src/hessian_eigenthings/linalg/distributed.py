@@ -73,6 +73,28 @@ class DistributedBackend:
     must use a :class:`~hessian_eigenthings.linalg.SingleDeviceBackend`: summing their dot
     products over the ranks would multiply them by the world size. All ranks must call the
     backend's methods in the same order (they are collectives).
+
+    Example:
+        Under ``torchrun`` every rank passes its own slice; a one-process group shows the calls:
+
+        >>> import torch
+        >>> import torch.distributed as dist
+        >>> from hessian_eigenthings.linalg import (
+        ...     DistributedBackend, SingleDeviceBackend, make_generator)
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> backend = DistributedBackend()
+        >>> backend
+        DistributedBackend(rank=0, world_size=1)
+        >>> backend.norm(torch.tensor([3.0, 4.0]))  # over the slices of every rank
+        tensor(5.)
+        >>> backend.total_size(2)
+        2
+        >>> kw = dict(dtype=torch.float64, device="cpu")
+        >>> x = backend.random(4, generator=make_generator(0), **kw)
+        >>> y = SingleDeviceBackend().random(4, generator=make_generator(0), **kw)
+        >>> torch.equal(x, y)  # the slice of the same vector a single device draws
+        True
+        >>> dist.destroy_process_group()
     """
 
     def __init__(self, process_group: Any = None, *, random_chunk: int | None = None) -> None:

@@ -92,7 +92,25 @@ def ce_hvp_eager(
     Plain torch ops; at its peak it holds five (N, V) float32 buffers besides its inputs
     (measured by benchmarks/bench_ce_hvp.py): p, p ⊙ u, the difference, the weighted rows and
     the selected output. Accumulates in float32 (float64 for float64 logits); returns ``u``'s
-    dtype.
+    dtype. This is the ``eager`` backend's function (the signature every
+    :class:`~hessian_eigenthings.plugins.types.CEHvpBackend` ``fn`` has); most callers want
+    :func:`ce_hvp`, which computes ``scale`` from the reduction.
+
+    Args:
+        logits: (N, V) logits.
+        u: (N, V) directions.
+        labels: (N,) labels; rows equal to ``ignore_index`` give zero.
+        ignore_index: the label of ignored rows.
+        scale: the factor of every kept row (1/valid rows for a mean, 1 for a sum).
+
+    Example:
+        >>> import torch
+        >>> from hessian_eigenthings.loss_fns import ce_hvp_eager
+        >>> logits = torch.zeros(2, 4)  # uniform p = 1/4
+        >>> u = torch.tensor([[4.0, 0.0, 0.0, 0.0], [1.0, 2.0, 3.0, 4.0]])
+        >>> ce_hvp_eager(logits, u, torch.tensor([0, -100]), -100, 1.0)  # p ⊙ u − p ⟨p, u⟩
+        tensor([[ 0.7500, -0.2500, -0.2500, -0.2500],
+                [ 0.0000,  0.0000,  0.0000,  0.0000]])
     """
     acc = accumulation_dtype(logits)
     p = torch.softmax(logits.to(acc), dim=-1)
@@ -109,7 +127,34 @@ def resolve_ce_hvp_backend(
 
     "Best" is the highest priority among the registered backends whose ``supports(logits, u)``
     returns ``None``. An explicitly named backend that cannot serve the tensors raises
-    :class:`~hessian_eigenthings.errors.InvalidArgumentError` with its reason.
+    :class:`~hessian_eigenthings.errors.InvalidArgumentError` with its reason. Cost: one
+    ``supports`` check per backend asked (environment look-ups; nothing is compiled here).
+
+    Args:
+        fused: ``"auto"`` or a registered backend name (``"eager"``, ``"compile"``, or one a
+            plugin adds, e.g. ``"triton"``).
+        logits: the (N, V) logits the backend will get.
+        u: the (N, V) directions.
+
+    Returns:
+        ``(name, backend)``; call ``backend.fn(logits, u, labels, ignore_index, scale)``.
+
+    Example:
+        >>> import torch
+        >>> from hessian_eigenthings.errors import InvalidArgumentError
+        >>> from hessian_eigenthings.loss_fns import ce_hvp_eager, resolve_ce_hvp_backend
+        >>> logits, u = torch.randn(3, 5), torch.randn(3, 5)
+        >>> name, backend = resolve_ce_hvp_backend("eager", logits, u)
+        >>> name, backend.priority, backend.fn is ce_hvp_eager
+        ('eager', 0, True)
+        >>> name, backend = resolve_ce_hvp_backend("auto", logits, u)  # depends on the machine
+        >>> backend.supports(logits, u) is None  # whichever it is, it can serve these tensors
+        True
+        >>> try:
+        ...     resolve_ce_hvp_backend("no-such-backend", logits, u)
+        ... except InvalidArgumentError as err:
+        ...     print(str(err)[:62])
+        fused='no-such-backend' is not a registered cross-entropy HVP
     """
     registry = get_registries().ce_hvp_backends
     if fused == "auto":
@@ -156,6 +201,30 @@ def ce_hvp(
     zero when there are none), ``"sum"`` does not. ``fused`` picks the backend (see the module
     docstring): ``"auto"``, ``"eager"``, ``"compile"`` or one a plugin registers. The result
     has ``u``'s shape and dtype; it is computed in float32, or float64 for float64 logits.
+
+    Per position, with p = softmax(z): H u = c (p ⊙ u − p ⟨p, u⟩), c = 1/(non-ignored
+    positions) for ``"mean"`` and 1 for ``"sum"``. Cost: O(N·V) time; memory the output plus
+    the backend's temporaries (about five (N, V) buffers for ``"eager"``, none for the fused
+    ones). With ``fused="auto"`` the first call in a process may compile a kernel (seconds).
+
+    Example:
+        Against the Hessian of ``F.cross_entropy`` by autograd (the second label is ignored,
+        so the mean is over one position):
+
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from hessian_eigenthings.loss_fns import ce_hvp
+        >>> _ = torch.manual_seed(0)
+        >>> logits = torch.randn(2, 4, dtype=torch.float64)
+        >>> labels = torch.tensor([3, -100])
+        >>> u = torch.randn(2, 4, dtype=torch.float64)
+        >>> Hu = ce_hvp(logits, u, labels, fused="eager")
+        >>> _, reference = torch.autograd.functional.hvp(
+        ...     lambda z: F.cross_entropy(z, labels), logits, u)
+        >>> torch.allclose(Hu, reference)
+        True
+        >>> Hu[1]  # the ignored position
+        tensor([0., 0., 0., 0.], dtype=torch.float64)
     """
     if logits.shape != u.shape:
         raise InvalidArgumentError(

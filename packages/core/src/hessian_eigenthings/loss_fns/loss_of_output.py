@@ -117,8 +117,41 @@ def _check_like(name: str, x: torch.Tensor, output: torch.Tensor, leading: int =
 class LossOfOutput(ABC):
     """A loss ``(output, batch) -> 0-d tensor`` that knows its Hessian in output space.
 
-    See the module docstring for the protocol. Subclasses read the targets with
-    :meth:`targets` (``batch[1]``, or ``batch["labels"]``).
+    See the module docstring for the protocol: besides its value ℓ(f, batch) a subclass gives
+    H_ℓ u (:meth:`hvp`), S x and Sᵀ x for a square root S Sᵀ = H_ℓ
+    (:meth:`hessian_sqrt_matmul`), sampled output gradients g with E[g gᵀ] = H_ℓ per sample
+    (:meth:`noise_shape`, :meth:`sample_gradients`) and its :meth:`batch_weight`. Subclasses
+    read the targets with :meth:`targets` (``batch[1]``, or ``batch["labels"]``).
+
+    Cost: every method is O(output size) time and memory, without an autograd graph.
+
+    Example:
+        The three built-in losses against autograd's Hessian-vector product of their value,
+        and their square roots (S Sᵀ u = H_ℓ u):
+
+        >>> import torch
+        >>> from hessian_eigenthings.loss_fns import (
+        ...     LossOfOutput, bce_with_logits_loss_of_output, cross_entropy_loss_of_output,
+        ...     mse_loss_of_output)
+        >>> _ = torch.manual_seed(0)
+        >>> f = torch.randn(4, 3, dtype=torch.float64)  # 4 samples, 3 outputs / classes
+        >>> u = torch.randn(4, 3, dtype=torch.float64)
+        >>> cases = [
+        ...     (mse_loss_of_output(), torch.rand(4, 3, dtype=torch.float64)),
+        ...     (bce_with_logits_loss_of_output(), torch.rand(4, 3, dtype=torch.float64)),
+        ...     (cross_entropy_loss_of_output(fused="eager"), torch.tensor([0, 2, 1, 0])),
+        ... ]
+        >>> for loss, targets in cases:
+        ...     batch = (None, targets)
+        ...     Hu = loss.hvp(f, batch, u)
+        ...     _, autograd_Hu = torch.autograd.functional.hvp(lambda z: loss(z, batch), f, u)
+        ...     Stu = loss.hessian_sqrt_matmul(f, batch, u, transpose=True)
+        ...     SStu = loss.hessian_sqrt_matmul(f, batch, Stu)
+        ...     print(isinstance(loss, LossOfOutput), torch.allclose(Hu, autograd_Hu),
+        ...           torch.allclose(SStu, Hu), loss.batch_weight(batch))
+        True True True 12.0
+        True True True 12.0
+        True True True 4.0
     """
 
     def __init__(self, reduction: Reduction) -> None:
@@ -208,7 +241,24 @@ class MSELossOfOutput(_ElementwiseLoss):
     """Mean squared error ``F.mse_loss(output, targets, reduction=...)``.
 
     ``reduction="mean"`` averages over all K output elements of the batch (torch's
-    convention), so H_ℓ = (2/K)·I, and the batch weighs K.
+    convention), so H_ℓ = (2/K)·I (2·I for ``"sum"``), S = √(2/K)·I, sampled gradients are
+    √(2/K)·z with z ~ N(0, 1), and the batch weighs K. Every method costs O(K).
+
+    Example:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from hessian_eigenthings.loss_fns import MSELossOfOutput
+        >>> _ = torch.manual_seed(0)
+        >>> loss = MSELossOfOutput("mean")
+        >>> f, y = torch.randn(4, 3), torch.randn(4, 3)
+        >>> batch = (None, y)  # (inputs, targets): only the targets are read
+        >>> torch.equal(loss(f, batch), F.mse_loss(f, y))
+        True
+        >>> u = torch.randn(4, 3)
+        >>> torch.allclose(loss.hvp(f, batch, u), 2 / 12 * u)  # K = 12 elements
+        True
+        >>> loss.batch_weight(batch)
+        12.0
     """
 
     def __call__(self, output: torch.Tensor, batch: Any) -> torch.Tensor:
@@ -230,7 +280,23 @@ class BCEWithLogitsLossOfOutput(_ElementwiseLoss):
     """Binary cross-entropy of logits, ``F.binary_cross_entropy_with_logits``.
 
     Targets may be any values in [0, 1]; H_ℓ = c·diag(σ(f)(1 − σ(f))) with c = 1/K (``"mean"``,
-    K output elements) or 1 (``"sum"``).
+    K output elements) or 1 (``"sum"``), whatever the targets; S is its element-wise square
+    root, and sampled gradients are √c·(σ(f) − ŷ) with ŷ ~ Bernoulli(σ(f)). The batch weighs K.
+    Every method costs O(K).
+
+    Example:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from hessian_eigenthings.loss_fns import BCEWithLogitsLossOfOutput
+        >>> _ = torch.manual_seed(0)
+        >>> loss = BCEWithLogitsLossOfOutput("sum")
+        >>> f, y = torch.randn(4, 3), torch.rand(4, 3)
+        >>> batch = (None, y)
+        >>> torch.equal(loss(f, batch), F.binary_cross_entropy_with_logits(f, y, reduction="sum"))
+        True
+        >>> u, s = torch.randn(4, 3), torch.sigmoid(f)
+        >>> torch.allclose(loss.hvp(f, batch, u), s * (1 - s) * u)
+        True
     """
 
     def __call__(self, output: torch.Tensor, batch: Any) -> torch.Tensor:
@@ -258,6 +324,38 @@ class CrossEntropyLossOfOutput(LossOfOutput):
     logits (N, V, d1, ...) with labels (N, d1, ...) (the same for 2-D logits); used when a torch
     criterion is recognised. The mean reduction divides by the number of non-ignored labels
     (rows, for probability targets), which is also the batch weight.
+
+    Per position, with p = softmax(f) and c the reduction's scale (1/valid labels or 1):
+    H = c (diag p − p pᵀ), S = √c (diag √p − p √pᵀ), and sampled gradients √c (p − e_ŷ) with
+    ŷ ~ Cat(p); ignored positions are zero. Every method costs O(N·V) for N positions and V
+    classes; :meth:`hvp` goes through :func:`~hessian_eigenthings.loss_fns.ce_hvp` with the
+    ``fused`` backend (``"auto"`` may compile a kernel on its first call: seconds, once).
+
+    Example:
+        Two positions, the second ignored; the sampled gradients' second moment approaches
+        the Hessian:
+
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from hessian_eigenthings.loss_fns import CrossEntropyLossOfOutput
+        >>> _ = torch.manual_seed(0)
+        >>> loss = CrossEntropyLossOfOutput(fused="eager")
+        >>> f = torch.randn(2, 3, dtype=torch.float64)
+        >>> batch = (None, torch.tensor([2, -100]))
+        >>> torch.equal(loss(f, batch), F.cross_entropy(f, batch[1]))
+        True
+        >>> loss.batch_weight(batch)  # non-ignored labels
+        1.0
+        >>> p = torch.softmax(f[0], dim=0)
+        >>> H0 = torch.diag(p) - torch.outer(p, p)  # c = 1: one valid label
+        >>> u = torch.randn(2, 3, dtype=torch.float64)
+        >>> Hu = loss.hvp(f, batch, u)
+        >>> torch.allclose(Hu[0], H0 @ u[0]), bool((Hu[1] == 0).all())
+        (True, True)
+        >>> uniforms = torch.rand(20000, *loss.noise_shape(f.shape), dtype=torch.float64)
+        >>> g = loss.sample_gradients(f, batch, uniforms)[:, 0]  # (M, 3), position 0
+        >>> torch.allclose(g.T @ g / 20000, H0, atol=0.01)
+        True
     """
 
     def __init__(
@@ -427,6 +525,31 @@ def cross_entropy_loss_of_output(
     Logits (..., V) with labels (...) from ``batch[1]`` (or ``batch["labels"]``); sequence
     logits (B, T, V) with labels (B, T) give the mean over non-ignored tokens, and the batch
     weighs its number of non-ignored tokens. ``fused`` picks the CE-HVP backend.
+
+    Per token H = c (diag p − p pᵀ) with p = softmax(logits) and c = 1/(non-ignored tokens)
+    (``"mean"``) or 1 (``"sum"``); every product costs O(B·T·V) (see
+    :class:`~hessian_eigenthings.loss_fns.CrossEntropyLossOfOutput`).
+
+    Returns:
+        A :class:`~hessian_eigenthings.loss_fns.CrossEntropyLossOfOutput`.
+
+    Example:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from hessian_eigenthings.loss_fns import ce_hvp, cross_entropy_loss_of_output
+        >>> _ = torch.manual_seed(0)
+        >>> loss = cross_entropy_loss_of_output(ignore_index=-100, fused="eager")
+        >>> logits = torch.randn(2, 3, 5)  # (B, T, V)
+        >>> labels = torch.tensor([[1, 4, -100], [0, -100, -100]])
+        >>> batch = {"labels": labels}  # or (inputs, labels)
+        >>> torch.allclose(loss(logits, batch), F.cross_entropy(logits.reshape(6, 5),
+        ...                                                      labels.reshape(6)))
+        True
+        >>> loss.batch_weight(batch)  # non-ignored tokens
+        3.0
+        >>> u = torch.randn(2, 3, 5)
+        >>> torch.equal(loss.hvp(logits, batch, u), ce_hvp(logits, u, labels, fused="eager"))
+        True
     """
     return CrossEntropyLossOfOutput(
         ignore_index=ignore_index,
@@ -437,10 +560,48 @@ def cross_entropy_loss_of_output(
 
 
 def mse_loss_of_output(reduction: Reduction = "mean") -> MSELossOfOutput:
-    """Mean-squared-error ``loss_of_output_fn`` with an analytical ``.hvp`` (2/K · u)."""
+    """Mean-squared-error ``loss_of_output_fn`` with an analytical ``.hvp`` (2/K · u).
+
+    ℓ = Σ (f − y)² / K over the batch's K output elements (``"mean"``; no division for
+    ``"sum"``), so H_ℓ = (2/K)·I; every product costs O(K).
+
+    Returns:
+        A :class:`~hessian_eigenthings.loss_fns.MSELossOfOutput`.
+
+    Example:
+        >>> import torch
+        >>> from hessian_eigenthings.loss_fns import mse_loss_of_output
+        >>> loss = mse_loss_of_output("sum")
+        >>> loss
+        mse_loss_of_output(reduction='sum')
+        >>> f, y = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 0.0]])
+        >>> loss(f, (None, y))  # 1² + 2²
+        tensor(5.)
+        >>> loss.hvp(f, (None, y), torch.tensor([[1.0, -1.0]]))  # H = 2·I
+        tensor([[ 2., -2.]])
+    """
     return MSELossOfOutput(reduction)
 
 
 def bce_with_logits_loss_of_output(reduction: Reduction = "mean") -> BCEWithLogitsLossOfOutput:
-    """Binary cross-entropy-with-logits ``loss_of_output_fn`` with an analytical ``.hvp``."""
+    """Binary cross-entropy-with-logits ``loss_of_output_fn`` with an analytical ``.hvp``.
+
+    H_ℓ = c·diag(σ(f)(1 − σ(f))) with c = 1/K for the mean over K output elements (1 for
+    ``"sum"``), independent of the targets; every product costs O(K).
+
+    Returns:
+        A :class:`~hessian_eigenthings.loss_fns.BCEWithLogitsLossOfOutput`.
+
+    Example:
+        At logit 0, σ = 1/2 and the curvature is 1/4 per element:
+
+        >>> import torch
+        >>> from hessian_eigenthings.loss_fns import bce_with_logits_loss_of_output
+        >>> loss = bce_with_logits_loss_of_output("sum")
+        >>> f, y = torch.zeros(1, 2), torch.tensor([[1.0, 0.0]])
+        >>> round(float(loss(f, (None, y))), 4)  # 2 · log 2
+        1.3863
+        >>> loss.hvp(f, (None, y), torch.tensor([[4.0, 8.0]]))
+        tensor([[1., 2.]])
+    """
     return BCEWithLogitsLossOfOutput(reduction)

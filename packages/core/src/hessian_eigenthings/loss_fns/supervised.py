@@ -63,7 +63,18 @@ def _inputs(batch: Any) -> Any:
 
 
 def supervised_forward(model: nn.Module, batch: Any) -> torch.Tensor:
-    """``forward_fn`` for batches ``(inputs, targets)``: ``model(inputs)``."""
+    """``forward_fn`` for batches ``(inputs, targets)``: ``model(inputs)``.
+
+    The f in the GGN's and Fisher's Jᵀ H_ℓ J; costs one forward pass.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from hessian_eigenthings.loss_fns import supervised_forward
+        >>> model, x = nn.Linear(3, 2), torch.randn(4, 3)
+        >>> torch.equal(supervised_forward(model, (x, None)), model(x))
+        True
+    """
     output: torch.Tensor = model(_inputs(batch))
     return output
 
@@ -143,6 +154,27 @@ def supervised_loss_of_output(criterion: Any) -> Callable[[torch.Tensor, Any], t
 
     Standard torch criteria come back as a :class:`LossOfOutput` with ``.hvp`` and the other
     analytical products (see the module docstring); anything else as a plain callable.
+
+    With a :class:`LossOfOutput` the GGN's loss-Hessian products are closed forms (O(output
+    size), no graph); a plain callable makes the GGN differentiate it twice (autograd, the
+    loss's graph twice over) and cannot serve the true Fisher.
+
+    Example:
+        >>> import functools
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from torch import nn
+        >>> from hessian_eigenthings.loss_fns import LossOfOutput, supervised_loss_of_output
+        >>> ce = supervised_loss_of_output(nn.CrossEntropyLoss(ignore_index=-1))
+        >>> isinstance(ce, LossOfOutput), ce.ignore_index
+        (True, -1)
+        >>> weighted = functools.partial(F.cross_entropy, weight=torch.ones(3))
+        >>> plain = supervised_loss_of_output(weighted)  # class weights: not recognised
+        >>> isinstance(plain, LossOfOutput), hasattr(plain, "hvp")
+        (False, False)
+        >>> f, y = torch.randn(4, 3), torch.tensor([0, 2, 1, -1])
+        >>> torch.equal(ce(f, (None, y)), F.cross_entropy(f, y, ignore_index=-1))
+        True
     """
     return as_loss_of_output(criterion)
 
@@ -167,7 +199,22 @@ def supervised_loss(criterion: Any) -> Callable[[nn.Module, Any], torch.Tensor]:
     """``loss_fn(model, batch) = criterion(model(inputs), targets)`` for the Hessian.
 
     Carries the recognised loss's ``batch_weight`` (e.g. valid labels under ``ignore_index``),
-    so token-level means stay exact across batches.
+    so token-level means stay exact across batches. Costs one forward pass and the
+    criterion.
+
+    Example:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from torch import nn
+        >>> from hessian_eigenthings.loss_fns import supervised_loss
+        >>> _ = torch.manual_seed(0)
+        >>> model, x = nn.Linear(3, 4), torch.randn(5, 3)
+        >>> y = torch.tensor([0, 3, -100, 1, -100])
+        >>> loss_fn = supervised_loss(F.cross_entropy)
+        >>> torch.equal(loss_fn(model, (x, y)), F.cross_entropy(model(x), y))
+        True
+        >>> loss_fn.batch_weight((x, y))  # the labels that count
+        3.0
     """
     return _SupervisedLoss(as_loss_of_output(criterion))
 
@@ -188,5 +235,21 @@ class _PerSampleLoss:
 
 def supervised_per_sample_loss(criterion: Any) -> Callable[[nn.Module, Any], torch.Tensor]:
     """``per_sample_loss_fn(model, sample)`` for the empirical Fisher: ``sample = (x, y)``
-    without a batch dimension; the loss is ``criterion(model(x[None]), y[None])``."""
+    without a batch dimension; the loss is ``criterion(model(x[None]), y[None])``.
+
+    :class:`~hessian_eigenthings.operators.EmpiricalFisherOperator` vectorises it over the
+    samples with ``torch.func.vmap``, so one call costs one forward of a single sample.
+
+    Example:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from torch import nn
+        >>> from hessian_eigenthings.loss_fns import supervised_per_sample_loss
+        >>> _ = torch.manual_seed(0)
+        >>> model, x, y = nn.Linear(3, 2), torch.randn(3), torch.randn(2)
+        >>> per_sample = supervised_per_sample_loss(F.mse_loss)
+        >>> loss = per_sample(model, (x, y))
+        >>> loss.shape, torch.equal(loss, F.mse_loss(model(x[None]), y[None]))
+        (torch.Size([]), True)
+    """
     return _PerSampleLoss(as_loss_of_output(criterion))

@@ -42,7 +42,6 @@ __all__ = [
     "ggn_diagonal",
 ]
 
-#: Operators the core registers through ``register_operators``: name → (class, description).
 BUILTIN_OPERATORS: dict[str, tuple[type[CurvatureOperator], str]] = {
     "hessian": (HessianOperator, "exact Hessian of the mean loss"),
     "ggn": (GGNOperator, "generalized Gauss-Newton Jᵀ H_ℓ J of the mean loss"),
@@ -51,3 +50,16 @@ BUILTIN_OPERATORS: dict[str, tuple[type[CurvatureOperator], str]] = {
     "kfac": (KFACOperator, "Kronecker-factored (KFAC) GGN/Fisher of Linear and Conv2d layers"),
     "ekfac": (EKFACOperator, "KFAC with eigenvalues re-fitted in its eigenbasis (EKFAC)"),
 }
+"""Operators the core registers through ``register_operators``: name → (class, description).
+
+These are the names the CLI and ``eigenthings plugins`` know the core's operators by;
+plugins add theirs to the same registry.
+
+Example:
+    >>> from hessian_eigenthings.operators import BUILTIN_OPERATORS, GGNOperator
+    >>> sorted(BUILTIN_OPERATORS)
+    ['ekfac', 'empirical-fisher', 'fisher', 'ggn', 'hessian', 'kfac']
+    >>> cls, description = BUILTIN_OPERATORS["ggn"]
+    >>> cls is GGNOperator, description
+    (True, 'generalized Gauss-Newton Jᵀ H_ℓ J of the mean loss')
+"""

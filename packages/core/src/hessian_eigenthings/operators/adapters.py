@@ -18,8 +18,37 @@ def as_operator(obj: Any) -> CurvatureOperator:
     """Return ``obj`` as a :class:`CurvatureOperator`.
 
     Accepts a :class:`CurvatureOperator` (returned unchanged), a square 2-D ``torch.Tensor``
-    (products are ``A @ v``), or anything with ``shape`` and ``matvec`` such as a
-    ``scipy.sparse.linalg.LinearOperator`` or a NumPy array (wrapped in float64 on the CPU).
+    (products are ``A @ v``, in the tensor's dtype and on its device), or anything with
+    ``shape`` and ``matvec`` such as a ``scipy.sparse.linalg.LinearOperator`` or a NumPy array
+    (wrapped in float64 on the CPU). The matrix is assumed symmetric, as the algorithms need.
+
+    Cost: free to build; a product costs what the wrapped object's costs (n² for a dense
+    tensor), plus a NumPy round trip for SciPy operators. No copy of a dense matrix is made.
+
+    Args:
+        obj: the operator, matrix or SciPy linear operator.
+
+    Returns:
+        A :class:`CurvatureOperator` with the same products.
+
+    Raises:
+        InvalidArgumentError: ``obj`` is none of these, or not square.
+
+    Example:
+        >>> import numpy as np
+        >>> import torch
+        >>> from hessian_eigenthings.operators import as_operator
+        >>> A = torch.tensor([[2.0, 1.0], [1.0, 2.0]])
+        >>> op = as_operator(A)
+        >>> op.size, op.dtype
+        (2, torch.float32)
+        >>> torch.equal(op @ torch.tensor([1.0, -1.0]), A @ torch.tensor([1.0, -1.0]))
+        True
+        >>> as_operator(op) is op
+        True
+        >>> sp = as_operator(np.diag([3.0, 1.0]))  # NumPy / SciPy: float64 on the CPU
+        >>> sp @ torch.ones(2, dtype=torch.float64)
+        tensor([3., 1.], dtype=torch.float64)
     """
     if isinstance(obj, CurvatureOperator):
         return obj

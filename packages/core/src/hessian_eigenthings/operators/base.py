@@ -14,17 +14,71 @@ if TYPE_CHECKING:
 
 __all__ = ["DENSE_SIZE_LIMIT", "CurvatureOperator"]
 
-#: Largest dimension :meth:`CurvatureOperator.to_dense` builds without an explicit ``max_size``.
-#: 2**14 gives a 2 GiB float64 matrix and needs 16384 matvecs; beyond that use the algorithms.
 DENSE_SIZE_LIMIT = 2**14
+"""Largest dimension :meth:`CurvatureOperator.to_dense` builds without an explicit ``max_size``.
+
+2**14 = 16384 gives a 2 GiB float64 matrix and costs 16384 matvecs; beyond that use the
+algorithms (``lanczos``, ``trace``, ``spectral_density``), or pass a larger ``max_size`` to
+``to_dense`` if you mean it. The refusal happens before any product is computed.
+
+Example:
+    >>> import torch
+    >>> from hessian_eigenthings.errors import OperatorTooLargeError
+    >>> from hessian_eigenthings.operators import DENSE_SIZE_LIMIT, LambdaOperator
+    >>> DENSE_SIZE_LIMIT
+    16384
+    >>> big = LambdaOperator(DENSE_SIZE_LIMIT + 1, lambda v: v)
+    >>> try:
+    ...     big.to_dense()
+    ... except OperatorTooLargeError as err:
+    ...     print("refused:", "max_size=16384" in str(err))
+    refused: True
+"""
 
 
 class CurvatureOperator(ABC):
     """A symmetric n×n matrix A known only through products ``A @ v``.
 
-    Subclasses implement :attr:`size`, :attr:`dtype`, :attr:`device` and :meth:`matvec`.
-    :meth:`matmat` defaults to one :meth:`matvec` per column; operators that can batch vectors
-    (one forward pass for several directions) override it.
+    Subclasses implement :attr:`size`, :attr:`dtype`, :attr:`device` and :meth:`matvec`
+    (v ↦ A v for an (n,) vector). On top of these the base class gives ``A @ v`` and
+    ``A @ V`` (the latter through :meth:`matmat`, A V for an (n, m) block), :attr:`shape`,
+    :meth:`check_vector`, :meth:`to_dense` and :meth:`to_scipy`.
+
+    Cost: whatever the subclass's :meth:`matvec` costs; :meth:`matmat` defaults to one
+    :meth:`matvec` per column (m products, plus the (n, m) output), and operators that can
+    batch directions (one forward pass for several) override it. :meth:`to_dense` costs n
+    matvecs and n² memory, and is refused above :data:`DENSE_SIZE_LIMIT`.
+
+    Example:
+        A diagonal operator written as a subclass (most users wrap a function with
+        :class:`~hessian_eigenthings.operators.LambdaOperator` instead):
+
+        >>> import torch
+        >>> from hessian_eigenthings.operators import CurvatureOperator
+        >>> class Diagonal(CurvatureOperator):
+        ...     def __init__(self, d: torch.Tensor) -> None:
+        ...         self.d = d
+        ...     @property
+        ...     def size(self) -> int:
+        ...         return self.d.numel()
+        ...     @property
+        ...     def dtype(self) -> torch.dtype:
+        ...         return self.d.dtype
+        ...     @property
+        ...     def device(self) -> torch.device:
+        ...         return self.d.device
+        ...     def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        ...         self.check_vector(v)
+        ...         return self.d * v
+        >>> A = Diagonal(torch.tensor([3.0, 2.0, 1.0]))
+        >>> A.shape
+        (3, 3)
+        >>> A @ torch.ones(3)
+        tensor([3., 2., 1.])
+        >>> (A @ torch.eye(3, 2)).shape  # a block of m = 2 columns: two matvecs
+        torch.Size([3, 2])
+        >>> torch.equal(A.to_dense(), torch.diag(A.d))
+        True
     """
 
     @property

@@ -238,6 +238,22 @@ class KFACOperator(ModelCurvatureOperator):
     """Kronecker-factored approximation of the GGN / Fisher of the mean loss (see the module
     docstring for the exact factors); with ``correct_eigenvalues=True``, EKFAC.
 
+    K = diag(G₁ ⊗ A₁, …, G_L ⊗ A_L): one block per layer (two with
+    ``separate_weight_and_bias``; the GGN's cross-layer blocks are dropped), acting on a
+    layer's (d_out, d_in) weight direction M as G M A, with A the mean outer product of the
+    layer's input rows (a constant 1 appended for a folded bias) and G the batch-weighted
+    second moment of the back-propagated output gradients. Exact for a single linear layer
+    without weight sharing under MSE, an approximation otherwise. Its eigenpairs come from the
+    factors' eigendecompositions (:meth:`eigenvalues`, :meth:`eigendecomposition`) and damped
+    inverses from :meth:`inverse`.
+
+    Cost: the factors, built once at the first product (or :meth:`compute_factors`), take one
+    pass over the data — a forward and C backwards to the layer outputs per batch (C = output
+    dimension for ``"type-2"``, M for ``"mc"``, 1 for ``"empirical"``, 0 for
+    ``"forward-only"``); EKFAC one more pass.
+    A product then needs no data: O(d_out·d_in·(d_out + d_in)) per layer and direction.
+    Memory: the factors, Σ (d_in² + d_out²).
+
     Args:
         model: the model; the selected parameters must be weights and biases of ``nn.Linear``
             and ``nn.Conv2d`` (``groups=1``) layers — anything else is refused by name.
@@ -257,9 +273,35 @@ class KFACOperator(ModelCurvatureOperator):
         correct_eigenvalues: EKFAC — re-fit the eigenvalues in the Kronecker eigenbasis from
             per-sample gradients (one more pass over the data).
         seed: int, CPU generator or ``None``; fixes the ``"mc"`` draws bit for bit.
-        param_filter, full_dataset, num_batches, microbatch_size, num_total_samples, backend:
-            as for every model operator
-            (:class:`~hessian_eigenthings.operators.model_operator.ModelCurvatureOperator`).
+
+    The keyword arguments ``param_filter``, ``full_dataset``, ``num_batches``,
+    ``microbatch_size``, ``num_total_samples`` and ``backend`` are those of every model operator
+    (:class:`~hessian_eigenthings.operators.model_operator.ModelCurvatureOperator`).
+
+    Example:
+        A single linear layer under MSE: KFAC equals the GGN, and its eigenvalues (products of
+        the factors' eigenvalues, no matvecs) are the GGN's. With a hidden layer it keeps only
+        the two diagonal blocks (3·4 + 4 = 16 and 4·2 + 2 = 10 parameters):
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from hessian_eigenthings.loss_fns import mse_loss_of_output, supervised_forward
+        >>> from hessian_eigenthings.operators import GGNOperator, KFACOperator
+        >>> _ = torch.manual_seed(0)
+        >>> X = torch.randn(5, 3, dtype=torch.float64)
+        >>> Y = torch.randn(5, 2, dtype=torch.float64)
+        >>> args = (nn.Linear(3, 2).double(), [(X, Y)], supervised_forward, mse_loss_of_output())
+        >>> kfac, ggn = KFACOperator(*args), GGNOperator(*args).to_dense()
+        >>> [(tuple(A.shape), tuple(G.shape)) for A, G in kfac.factors]  # A: inputs and bias
+        [((4, 4), (2, 2))]
+        >>> torch.allclose(kfac.to_dense(), ggn)
+        True
+        >>> torch.allclose(kfac.eigenvalues(), torch.linalg.eigvalsh(ggn).flip(0))
+        True
+        >>> mlp = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+        >>> dense = KFACOperator(mlp, [(X, Y)], supervised_forward, mse_loss_of_output()).to_dense()
+        >>> dense.shape, int(torch.count_nonzero(dense[:16, 16:]))  # no cross-layer block
+        (torch.Size([26, 26]), 0)
     """
 
     def __init__(
@@ -615,6 +657,34 @@ class EKFACOperator(KFACOperator):
     """EKFAC: :class:`KFACOperator` with ``correct_eigenvalues=True`` (George et al. 2018).
 
     Same arguments as :class:`KFACOperator` (``fisher_type`` other than ``"forward-only"``).
+    EKFAC keeps KFAC's eigenbasis Q_G ⊗ Q_A per layer and replaces the eigenvalues λ_G λ_Aᵀ
+    by the second moments Λ of the per-sample gradients in that basis; for layers without
+    weight sharing Λ is exactly the diagonal of the layer's GGN block in that basis, so each
+    block keeps the GGN block's trace.
+
+    Cost: KFAC's, plus one more pass over the data when the factors are built (a forward and
+    C backwards per batch, C as for KFAC, and two rotations of each per-sample gradient);
+    products cost what KFAC's cost.
+
+    Example:
+        The trace of EKFAC is the GGN's (the cross-layer blocks have none), KFAC's is not:
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from hessian_eigenthings.loss_fns import mse_loss_of_output, supervised_forward
+        >>> from hessian_eigenthings.operators import EKFACOperator, GGNOperator, KFACOperator
+        >>> _ = torch.manual_seed(0)
+        >>> X = torch.randn(5, 3, dtype=torch.float64)
+        >>> Y = torch.randn(5, 2, dtype=torch.float64)
+        >>> mlp = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+        >>> args = (mlp, [(X, Y)], supervised_forward, mse_loss_of_output())
+        >>> ekfac, ggn = EKFACOperator(*args), GGNOperator(*args).to_dense()
+        >>> ekfac.correct_eigenvalues
+        True
+        >>> torch.allclose(ekfac.eigenvalues().sum(), ggn.trace())
+        True
+        >>> torch.allclose(KFACOperator(*args).eigenvalues().sum(), ggn.trace())
+        False
     """
 
     def __init__(
@@ -669,6 +739,28 @@ class KFACInverseOperator(CurvatureOperator):
 
     Each product costs what a KFAC product costs plus two rotations per block; no data.
     ``damping=0`` needs a non-singular K (refused otherwise).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from hessian_eigenthings.loss_fns import mse_loss_of_output, supervised_forward
+        >>> from hessian_eigenthings.operators import GGNOperator, KFACOperator
+        >>> _ = torch.manual_seed(0)
+        >>> X = torch.randn(5, 3, dtype=torch.float64)
+        >>> Y = torch.randn(5, 2, dtype=torch.float64)
+        >>> args = (nn.Linear(3, 2).double(), [(X, Y)], supervised_forward, mse_loss_of_output())
+        >>> kfac = KFACOperator(*args)
+        >>> inverse = kfac.inverse(damping=0.1)  # a KFACInverseOperator
+        >>> v = torch.randn(8, dtype=torch.float64)
+        >>> torch.allclose(inverse @ (kfac @ v + 0.1 * v), v)
+        True
+        >>> ggn = GGNOperator(*args).to_dense()  # here KFAC is exact: K = GGN
+        >>> eye = torch.eye(8, dtype=torch.float64)
+        >>> torch.allclose(inverse.to_dense(), torch.linalg.inv(ggn + 0.1 * eye))
+        True
+        >>> heuristic = kfac.inverse(damping=0.1, method="heuristic")
+        >>> torch.allclose(heuristic @ v, inverse @ v)  # factored damping: not (K + δI)⁻¹
+        False
     """
 
     def __init__(

@@ -15,9 +15,33 @@ __all__ = ["LambdaOperator"]
 class LambdaOperator(CurvatureOperator):
     """A :class:`CurvatureOperator` whose product is ``matvec(v)``.
 
-    ``LambdaOperator(size=1000, matvec=lambda v: 2.0 * v)`` is 2·I on R¹⁰⁰⁰. An optional
-    ``matmat`` serves (n, m) blocks in one call. The function must represent a symmetric
-    matrix; the algorithms rely on it.
+    The operator is the n×n matrix A with A v = ``matvec(v)``; ``LambdaOperator(size=1000,
+    matvec=lambda v: 2.0 * v)`` is 2·I on R¹⁰⁰⁰. The function must represent a symmetric
+    matrix; the algorithms rely on it. An optional ``matmat`` serves (n, m) blocks in one call
+    (otherwise a block costs m calls of ``matvec``). Inputs are checked (shape, dtype, device)
+    before the function is called, and its output's shape after.
+
+    Cost: one call of the function per product, nothing else; no memory besides its output.
+
+    Args:
+        size: the dimension n (a positive int).
+        matvec: ``matvec(v) -> A v`` for an (n,) tensor.
+        matmat: optional ``matmat(V) -> A V`` for an (n, m) tensor.
+        dtype: the vectors' dtype (default: ``torch.get_default_dtype()``).
+        device: the vectors' device (default CPU).
+
+    Example:
+        >>> import torch
+        >>> from hessian_eigenthings.operators import LambdaOperator
+        >>> d = torch.tensor([4.0, 1.0, 0.5], dtype=torch.float64)
+        >>> A = LambdaOperator(3, lambda v: d * v, matmat=lambda V: d[:, None] * V,
+        ...                    dtype=torch.float64)
+        >>> A.size, A.dtype
+        (3, torch.float64)
+        >>> A @ torch.ones(3, dtype=torch.float64)
+        tensor([4.0000, 1.0000, 0.5000], dtype=torch.float64)
+        >>> torch.equal(A.to_dense(), torch.diag(d))
+        True
     """
 
     def __init__(

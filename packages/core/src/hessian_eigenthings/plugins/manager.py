@@ -37,14 +37,38 @@ __all__ = [
 ]
 
 DISABLE_AUTOLOAD_ENV = "HESSIAN_EIGENTHINGS_DISABLE_PLUGIN_AUTOLOAD"
+"""Environment variable that, set to a non-empty value, keeps the manager from loading
+installed plugins (the core's built-ins still register). It is read when the manager is built,
+so set it before the first use of a registry, or call :func:`reset_plugins` after setting it.
 
-#: Modules of the core registered as plugins before any entry point, named ``core:<suffix>``.
+Example:
+    >>> import os
+    >>> from unittest import mock
+    >>> from hessian_eigenthings.plugins import DISABLE_AUTOLOAD_ENV, plugin_info, reset_plugins
+    >>> with mock.patch.dict(os.environ, {DISABLE_AUTOLOAD_ENV: "1"}):
+    ...     reset_plugins()
+    ...     loaded = [info.name for info in plugin_info()]
+    >>> loaded
+    ['core:builtin']
+    >>> reset_plugins()  # the next use loads the installed plugins again
+"""
+
 BUILTIN_PLUGINS: tuple[str, ...] = ("hessian_eigenthings.plugins.builtin",)
+"""Modules of the core registered as plugins before any entry point, named ``core:<suffix>``."""
 
 
 @dataclass(frozen=True)
 class PluginInfo:
-    """A loaded plugin: its name, the distribution that ships it and that distribution's version."""
+    """A loaded plugin: its name, the distribution that ships it and that distribution's version.
+
+    Example:
+        >>> from hessian_eigenthings.plugins import PluginInfo, plugin_info
+        >>> core = plugin_info()[0]
+        >>> isinstance(core, PluginInfo)
+        True
+        >>> core.name, core.distribution, core.builtin
+        ('core:builtin', 'hessian-eigenthings', True)
+    """
 
     name: str
     distribution: str | None
@@ -105,6 +129,14 @@ def get_plugin_manager() -> pluggy.PluginManager:
 
     Tests and applications may register in-process plugins on it with
     ``get_plugin_manager().register(obj, name=...)`` followed by :func:`refresh_registries`.
+
+    Example:
+        >>> from hessian_eigenthings.plugins import PROJECT_NAME, get_plugin_manager
+        >>> manager = get_plugin_manager()
+        >>> manager is get_plugin_manager()  # built once, then cached
+        True
+        >>> manager.project_name == PROJECT_NAME, manager.has_plugin("core:builtin")
+        (True, True)
     """
     global _manager
     with _lock:
@@ -137,7 +169,18 @@ def _collect(pm: pluggy.PluginManager) -> Registries:
 
 
 def get_registries() -> Registries:
-    """Everything the loaded plugins registered (computed once, then cached)."""
+    """Everything the loaded plugins registered (computed once, then cached).
+
+    Example:
+        >>> from hessian_eigenthings.plugins import get_registries
+        >>> registries = get_registries()
+        >>> registries is get_registries()
+        True
+        >>> {"hessian", "ggn", "fisher"} <= set(registries.operators.names())
+        True
+        >>> registries.operators.get("hessian").__name__
+        'HessianOperator'
+    """
     global _registries
     with _lock:
         if _registries is None:
@@ -146,7 +189,26 @@ def get_registries() -> Registries:
 
 
 def refresh_registries() -> Registries:
-    """Recollect the registries, e.g. after registering an in-process plugin."""
+    """Recollect the registries, e.g. after registering an in-process plugin.
+
+    Example:
+        >>> from hessian_eigenthings import LambdaOperator
+        >>> from hessian_eigenthings.plugins import (
+        ...     get_plugin_manager, get_registries, hookimpl, refresh_registries)
+        >>> class IdentityPlugin:
+        ...     @hookimpl
+        ...     def register_operators(self, register):
+        ...         register("identity", lambda n: LambdaOperator(n, lambda v: v))
+        >>> _ = get_registries()
+        >>> _ = get_plugin_manager().register(IdentityPlugin(), name="identity-plugin")
+        >>> "identity" in get_registries().operators  # still the cached registries
+        False
+        >>> "identity" in refresh_registries().operators
+        True
+        >>> _ = get_plugin_manager().unregister(name="identity-plugin")
+        >>> "identity" in refresh_registries().operators
+        False
+    """
     global _registries
     with _lock:
         _registries = None
@@ -154,7 +216,18 @@ def refresh_registries() -> Registries:
 
 
 def reset_plugins() -> None:
-    """Forget the manager and registries; the next use rebuilds them (rereads entry points)."""
+    """Forget the manager and registries; the next use rebuilds them (rereads entry points).
+
+    In-process plugins registered on the old manager are gone afterwards.
+
+    Example:
+        >>> from hessian_eigenthings.plugins import get_plugin_manager, reset_plugins
+        >>> before = get_plugin_manager()
+        >>> reset_plugins()
+        >>> after = get_plugin_manager()
+        >>> after is before, after.has_plugin("core:builtin")
+        (False, True)
+    """
     global _manager, _registries
     with _lock:
         _manager = None
@@ -163,7 +236,16 @@ def reset_plugins() -> None:
 
 
 def plugin_info() -> list[PluginInfo]:
-    """The loaded plugins, built-ins first, then entry points in load order."""
+    """The loaded plugins, built-ins first, then entry points in load order.
+
+    Example:
+        >>> from hessian_eigenthings.plugins import plugin_info
+        >>> infos = plugin_info()
+        >>> infos[0].name, infos[0].builtin
+        ('core:builtin', True)
+        >>> all(not info.builtin for info in infos[1:])  # installed entry points, if any
+        True
+    """
     pm = get_plugin_manager()
     return [
         _info.get(name, PluginInfo(name, None, None, False)) for name, _ in pm.list_name_plugin()

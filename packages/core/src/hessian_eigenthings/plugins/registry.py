@@ -16,14 +16,39 @@ T_contra = TypeVar("T_contra", contravariant=True)
 
 
 class Register(Protocol[T_contra]):
-    """The callable a hook receives: ``register(name, obj, description="...")``."""
+    """The callable a hook receives: ``register(name, obj, description="...")``.
+
+    Each call records one entry in the hook's registry, under the calling plugin's name.
+
+    Example:
+        A hook called with a stand-in ``register`` that fills a registry directly:
+
+        >>> from hessian_eigenthings.plugins import Register, Registry
+        >>> widgets = Registry("widget")
+        >>> def register(name, obj, *, description=""):
+        ...     widgets.add(name, obj, plugin="my-plugin", description=description)
+        >>> def register_widgets(register: Register[object]) -> None:
+        ...     register("cog", 42, description="a cog")
+        >>> register_widgets(register)
+        >>> widgets.entry("cog")
+        Entry(name='cog', obj=42, plugin='my-plugin', description='a cog')
+    """
 
     def __call__(self, name: str, obj: T_contra, *, description: str = "") -> None: ...
 
 
 @dataclass(frozen=True)
 class Entry(Generic[T]):
-    """One registered thing and the plugin that registered it."""
+    """One registered thing and the plugin that registered it.
+
+    Example:
+        >>> from hessian_eigenthings.plugins import get_registries
+        >>> entry = get_registries().operators.entry("hessian")
+        >>> entry.name, entry.plugin, entry.obj.__name__
+        ('hessian', 'core:builtin', 'HessianOperator')
+        >>> entry.description
+        'exact Hessian of the mean loss'
+    """
 
     name: str
     obj: T
@@ -33,7 +58,21 @@ class Entry(Generic[T]):
 
 @dataclass
 class Registry(Generic[T]):
-    """Named things of one kind (``kind`` is e.g. ``"loss function"``)."""
+    """Named things of one kind (``kind`` is e.g. ``"loss function"``).
+
+    Example:
+        >>> from hessian_eigenthings.plugins import Registry
+        >>> colours = Registry("colour")
+        >>> colours.add("red", (255, 0, 0), plugin="palette", description="pure red")
+        >>> "red" in colours, len(colours), colours.names()
+        (True, 1, ['red'])
+        >>> colours.get("red")
+        (255, 0, 0)
+        >>> colours.get("blue")
+        Traceback (most recent call last):
+        ...
+        hessian_eigenthings.errors.InvalidArgumentError: unknown colour 'blue'; available: ['red']
+    """
 
     kind: str
     _entries: dict[str, Entry[T]] = field(default_factory=dict)
@@ -78,7 +117,16 @@ class Registry(Generic[T]):
 
 @dataclass
 class Registries:
-    """One registry per hook. Built by :func:`~hessian_eigenthings.plugins.get_registries`."""
+    """One registry per hook. Built by :func:`~hessian_eigenthings.plugins.get_registries`.
+
+    Example:
+        >>> from hessian_eigenthings.plugins import get_registries
+        >>> registries = get_registries()
+        >>> sorted(registries.by_plugin()["core:builtin"])
+        ['ce_hvp_backends', 'loss_fns', 'operators']
+        >>> "ggn" in registries.operators, "eager" in registries.ce_hvp_backends
+        (True, True)
+    """
 
     loss_fns: Registry[Any] = field(default_factory=lambda: Registry("loss function"))
     ce_hvp_backends: Registry[CEHvpBackend] = field(

@@ -84,8 +84,11 @@ class FSDPHessianOperator(HessianOperator):
             rank needs at least one batch.
         loss_fn: ``loss_fn(model, batch) -> scalar``, the batch's mean loss (a
             ``batch_weight(batch)`` attribute sets how much a batch counts).
-        param_filter, full_dataset, num_batches, microbatch_size, num_total_samples: as for
-            :class:`~hessian_eigenthings.operators.HessianOperator`.
+        param_filter: as for :class:`~hessian_eigenthings.operators.HessianOperator`.
+        full_dataset: as for :class:`~hessian_eigenthings.operators.HessianOperator`.
+        num_batches: as for :class:`~hessian_eigenthings.operators.HessianOperator`.
+        microbatch_size: as for :class:`~hessian_eigenthings.operators.HessianOperator`.
+        num_total_samples: as for :class:`~hessian_eigenthings.operators.HessianOperator`.
         fd_eps: the step along the unit direction (default per dtype, as there).
         random_chunk: passed to the operator's
             :class:`~hessian_eigenthings.linalg.DistributedBackend` (how random start vectors
@@ -94,6 +97,42 @@ class FSDPHessianOperator(HessianOperator):
     The process group is the parameters' device-mesh group. Vectors given to :meth:`matvec`
     are this rank's slices (length :attr:`size`); every rank must call it with its slice of
     the same global vector, in the same order (each product is a sequence of collectives).
+
+    The operator is the Hessian of the weighted mean loss over every rank's batches, by
+    central differences along the unit direction v̂ = v / ‖v‖ (‖v‖ global):
+    H v ≈ ‖v‖ · (∇L(θ + ε v̂) − ∇L(θ − ε v̂)) / (2ε), with an O(ε²) truncation error.
+
+    Cost per product: two sweeps over the local data (a forward and a backward per
+    (micro)batch, with FSDP's all-gathers and reduce-scatters) and three tiny collectives;
+    memory a training step's plus a copy of the local shards and one local gradient.
+
+    Typical use, on every rank of a ``torchrun`` job (not run here: ``fully_shard`` needs an
+    initialised process group and takes seconds to import):
+
+    ```python
+    dist.init_process_group("nccl")  # "gloo" on CPUs
+    fully_shard(model)  # torch.distributed.fsdp.fully_shard, per block and at the root
+    H = FSDPHessianOperator(model, this_ranks_batches, supervised_loss(F.cross_entropy))
+    top = lanczos(H, k=5, seed=0)  # runs on the shards through H.backend
+    ```
+
+    Example:
+        Without a process group the operator refuses to start, saying what to do:
+
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from torch import nn
+        >>> from hessian_eigenthings.errors import InvalidArgumentError
+        >>> from hessian_eigenthings.loss_fns import supervised_loss
+        >>> from hessian_eigenthings.operators import FSDPHessianOperator
+        >>> torch.distributed.is_initialized()
+        False
+        >>> try:
+        ...     FSDPHessianOperator(nn.Linear(3, 2), [], supervised_loss(F.mse_loss))
+        ... except InvalidArgumentError as err:
+        ...     print(err)
+        FSDPHessianOperator needs an initialised torch.distributed process group: call
+        torch.distributed.init_process_group(...) first ...
     """
 
     def __init__(
