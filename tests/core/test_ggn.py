@@ -6,7 +6,7 @@ data, so agreement also checks the batch weighting (valid tokens for the attenti
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -251,3 +251,54 @@ def test_errors() -> None:
 def test_registered() -> None:
     assert BUILTIN_OPERATORS["ggn"][0] is GGNOperator
     assert get_registries().operators.get("ggn") is GGNOperator
+
+
+class _FailingBackward(torch.autograd.Function):
+    """Identity whose backward (only: forward mode works) raises while ``armed[0]`` is set."""
+
+    armed: ClassVar[list[bool]] = [False]
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        if _FailingBackward.armed[0]:
+            raise RuntimeError("backward failed midway")
+        return g
+
+    @staticmethod
+    def jvp(ctx: Any, t: torch.Tensor) -> torch.Tensor:  # J v by forward mode: no backward
+        return t
+
+
+def test_streamed_backward_leaves_no_hooks_also_when_it_raises() -> None:
+    """The Jᵀ step streams blocks through temporary parameter hooks: none may outlive a
+    product, a failed one included (a left-over hook would corrupt the user's training)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    batches = [(torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,)))]
+
+    def hidden_failing(m: nn.Module, batch: Any) -> torch.Tensor:
+        h = _FailingBackward.apply(m[1](m[0](batch[0])))
+        return m[2](h)  # type: ignore[no-any-return]
+
+    loss = supervised_loss_of_output(F.cross_entropy)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    snap = _snapshot(model)
+    op = GGNOperator(model, batches, hidden_failing, loss)
+    v = torch.randn(op.size, dtype=torch.float64)
+    expected = GGNOperator(model, batches, supervised_forward, loss).matvec(v)
+    assert rel_err(op.matvec(v), expected) <= TOL
+    assert all(not p._backward_hooks for p in model.parameters())
+    _FailingBackward.armed[0] = True
+    try:
+        with pytest.raises(RuntimeError, match="backward failed midway"):
+            op.matmat(torch.randn(op.size, 2, dtype=torch.float64))
+    finally:
+        _FailingBackward.armed[0] = False
+    assert all(not p._backward_hooks for p in model.parameters())
+    _assert_unchanged(model, snap)
+    assert rel_err(op.matvec(v), expected) <= TOL

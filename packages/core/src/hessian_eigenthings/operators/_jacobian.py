@@ -31,7 +31,7 @@ about one backward more per direction.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 from torch import nn
@@ -39,6 +39,9 @@ from torch.autograd import forward_ad as fwAD
 from torch.func import functional_call
 
 from hessian_eigenthings.errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from hessian_eigenthings.operators.model_operator import ProductSink
 
 __all__ = ["Blocks", "BoundFunction", "ModelFunction", "ModelJacobian", "is_vmap_failure"]
 
@@ -191,6 +194,16 @@ class ModelJacobian:
         if m == 1:
             return [None if g is None else g.unsqueeze(0) for g in cols[0]]
         return _stack_columns(cols, self.params)
+
+    def vjp_into(self, out: torch.Tensor, W: torch.Tensor, sink: ProductSink) -> None:
+        """``sink += sink.weight · Jᵀ W[j]`` for every direction j, each parameter's block
+        streamed into the sum as the backward produces it (:meth:`ProductSink.add_gradient`);
+        same arithmetic as :meth:`vjp` without its n-sized result."""
+        if not out.requires_grad:  # nothing depends on the parameters: zero blocks
+            return
+        m = W.shape[0]
+        for j in range(m):
+            sink.add_gradient(j, out, self.params, W[j], retain_graph=j < m - 1)
 
 
 def _stack_columns(

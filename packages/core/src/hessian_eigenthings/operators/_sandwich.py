@@ -20,7 +20,7 @@ from torch import nn
 from hessian_eigenthings.errors import InvalidArgumentError
 from hessian_eigenthings.linalg import LinAlgBackend
 from hessian_eigenthings.operators._jacobian import Blocks, ModelFunction, ModelJacobian
-from hessian_eigenthings.operators.model_operator import ModelCurvatureOperator
+from hessian_eigenthings.operators.model_operator import ModelCurvatureOperator, ProductSink
 from hessian_eigenthings.param_utils import ParamFilter
 
 __all__ = ["JvpPass", "SandwichOperator", "check_callable"]
@@ -85,7 +85,10 @@ class SandwichOperator(ModelCurvatureOperator):
     def output_matmat(self, z: torch.Tensor, batch: Any, U: torch.Tensor) -> torch.Tensor:
         """M U[j] for the (m, *z.shape) directions ``U`` at the output ``z`` (detached)."""
 
-    def batch_matmat(self, batch: Any, V: Sequence[torch.Tensor]) -> Blocks:
+    def batch_cotangents(
+        self, batch: Any, V: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z with its graph, M J V): the backward's start and its (m, *z.shape) cotangents."""
         z, JV, graph = self.jacobian.jvp(batch, V, shared=self.jvp == "shared")
         MJV = self.output_matmat(z, batch, JV)
         if MJV.shape != JV.shape:
@@ -93,6 +96,14 @@ class SandwichOperator(ModelCurvatureOperator):
                 f"the output-space product of batch {self.batch_index} has shape "
                 f"{tuple(MJV.shape[1:])}, but the output has shape {tuple(z.shape)}"
             )
-        del JV, z  # output-sized: not alive during the backward below
+        del JV, z  # output-sized: not alive during the backward that follows
         out = graph if graph is not None else self.jacobian.output(batch)
-        return self.jacobian.vjp(out, MJV.to(out.dtype))
+        return out, MJV.to(out.dtype)
+
+    def batch_matmat(self, batch: Any, V: Sequence[torch.Tensor]) -> Blocks:
+        return self.jacobian.vjp(*self.batch_cotangents(batch, V))
+
+    def batch_accumulate(self, batch: Any, V: Sequence[torch.Tensor], sink: ProductSink) -> None:
+        # the backward streams each parameter's block into the sum (see ModelJacobian.vjp_into)
+        out, W = self.batch_cotangents(batch, V)
+        self.jacobian.vjp_into(out, W, sink)

@@ -54,6 +54,7 @@ from hessian_eigenthings.linalg import LinAlgBackend
 from hessian_eigenthings.operators._jacobian import Blocks, is_vmap_failure
 from hessian_eigenthings.operators._sandwich import JvpPass, SandwichOperator, check_callable
 from hessian_eigenthings.operators.batching import iter_tensors
+from hessian_eigenthings.operators.model_operator import ProductSink
 from hessian_eigenthings.param_utils import ParamFilter
 
 __all__ = ["EmpiricalFisherOperator", "PerSampleLossFn"]
@@ -129,6 +130,14 @@ class _PerSampleLosses:
 class EmpiricalFisherOperator(SandwichOperator):
     """Empirical Fisher (1/N) Σᵢ ∇ℓᵢ ∇ℓᵢᵀ over the dataloader's samples.
 
+    F = (s / N) Σᵢ gᵢ gᵢᵀ with gᵢ = ∇_θ ℓᵢ the gradient of sample i's loss at its observed
+    label, N the number of samples and s = ``num_total_samples`` or 1; positive semi-definite,
+    of rank at most N. The N × n matrix of the gᵢ is never formed (see the module docstring).
+
+    Cost per product and batch: a forward-mode pass through the vectorised per-sample losses,
+    a forward and a backward — about 2–3× a gradient, at a training step's memory whatever N
+    is. Batches of at most ``per_sample_limit`` samples take N ordinary gradients instead.
+
     Args:
         model: the model; its selected parameters span the operator's vector space.
         dataloader: an iterable of batches (re-iterated for every product).
@@ -145,9 +154,38 @@ class EmpiricalFisherOperator(SandwichOperator):
         jvp: ``"separate"`` (default: J V by its own no-grad forward-mode pass; peak memory
             of a training step) or ``"shared"`` (that pass also records the graph for Jᵀ: one
             forward less per product, but up to ~2.7× a gradient's memory).
-        param_filter, full_dataset, num_batches, microbatch_size, num_total_samples, backend,
-            process_group: as for every model operator
-            (:class:`~hessian_eigenthings.operators.model_operator.ModelCurvatureOperator`).
+
+    The keyword arguments ``param_filter``, ``full_dataset``, ``num_batches``,
+    ``microbatch_size``, ``num_total_samples``, ``backend`` and ``process_group`` are those of
+    every model operator
+    (:class:`~hessian_eigenthings.operators.model_operator.ModelCurvatureOperator`).
+
+    Example:
+        For a bias-free linear model under the per-sample mean squared error
+        ℓᵢ = ‖W xᵢ − yᵢ‖² / K, the gradients are gᵢ = vec((2/K) rᵢ xᵢᵀ) with residuals
+        rᵢ = W xᵢ − yᵢ, which gives the operator in closed form:
+
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from torch import nn
+        >>> from hessian_eigenthings.loss_fns import supervised_per_sample_loss
+        >>> from hessian_eigenthings.operators import EmpiricalFisherOperator
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Linear(3, 2, bias=False).double()
+        >>> X = torch.randn(5, 3, dtype=torch.float64)
+        >>> Y = torch.randn(5, 2, dtype=torch.float64)
+        >>> ef = EmpiricalFisherOperator(model, [(X, Y)], supervised_per_sample_loss(F.mse_loss))
+        >>> R = (X @ model.weight.T - Y).detach()
+        >>> grads = (2 / 2) * torch.einsum("nk,nd->nkd", R, X).reshape(5, 6)  # rows gᵢ
+        >>> torch.allclose(ef.to_dense(), grads.T @ grads / 5)
+        True
+        >>> def losses(model, batch):  # the other form: (model, batch) -> (N,) losses
+        ...     inputs, targets = batch
+        ...     return F.mse_loss(model(inputs), targets, reduction="none").mean(1)
+        >>> per_sample = EmpiricalFisherOperator(model, [(X, Y)], loss_fn=losses, per_sample=True)
+        >>> v = torch.randn(6, dtype=torch.float64)
+        >>> torch.allclose(per_sample @ v, ef @ v)
+        True
     """
 
     def __init__(
@@ -243,15 +281,29 @@ class EmpiricalFisherOperator(SandwichOperator):
         return U / self._losses_check(z, batch)
 
     def batch_matmat(self, batch: Any, V: Sequence[torch.Tensor]) -> Blocks:
+        explicit = self._explicit_route(batch)
+        if explicit is not None:
+            return self._explicit(*explicit, batch, V)
+        return super().batch_matmat(batch, V)
+
+    def batch_accumulate(self, batch: Any, V: Sequence[torch.Tensor], sink: ProductSink) -> None:
+        explicit = self._explicit_route(batch)
+        if explicit is not None:
+            sink.add_blocks(self._explicit(*explicit, batch, V))
+        else:
+            super().batch_accumulate(batch, V, sink)
+
+    def _explicit_route(self, batch: Any) -> tuple[_PerSampleLosses, int] | None:
+        """(losses, N) when this batch is small enough for one gradient per sample."""
         losses = self.jacobian.fn
         if isinstance(losses, _PerSampleLosses):
             n = _sample_count(batch, self.sample_dim)
             if n <= self.per_sample_limit:
-                return self._explicit(losses, batch, V, n)
-        return super().batch_matmat(batch, V)
+                return losses, n
+        return None
 
     def _explicit(
-        self, losses: _PerSampleLosses, batch: Any, V: Sequence[torch.Tensor], n: int
+        self, losses: _PerSampleLosses, n: int, batch: Any, V: Sequence[torch.Tensor]
     ) -> Blocks:
         """(1/N) Σᵢ gᵢ (gᵢᵀ V) for a tiny batch, one ordinary gradient gᵢ per sample.
 

@@ -20,7 +20,7 @@ input/output checks, and restoring the model's state after every product.
 from __future__ import annotations
 
 from abc import ABC
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -39,7 +39,7 @@ from hessian_eigenthings.operators.batching import (
 from hessian_eigenthings.operators.model_state import check_model_modes, preserved_model_state
 from hessian_eigenthings.param_utils import ParamFilter, ParamSpace
 
-__all__ = ["ModelCurvatureOperator"]
+__all__ = ["ModelCurvatureOperator", "ProductSink"]
 
 
 def _positive_int_or_none(value: Any, name: str) -> int | None:
@@ -50,8 +50,126 @@ def _positive_int_or_none(value: Any, name: str) -> int | None:
     return value
 
 
+class ProductSink:
+    """The (n, m) sum Σ w_b A_b V of one product, fed one block at a time.
+
+    The engine hands one to :meth:`ModelCurvatureOperator.batch_accumulate` per (micro)batch
+    chunk, with that chunk's ``weight``. The buffer is reserved uninitialised when the first
+    block arrives and each parameter's rows are written (copied, not added) by their first
+    block, so its pages become resident only as blocks land — like ``.grad`` buffers filling
+    during a backward. A subclass that hands over one parameter's block as soon as it exists
+    (:meth:`add`, e.g. from a gradient hook) thus never holds a second n-sized result.
+    """
+
+    def __init__(
+        self, dtype: torch.dtype, device: torch.device, shapes: Sequence[torch.Size], m: int
+    ) -> None:
+        self.shapes = list(shapes)
+        self.numels = [s.numel() for s in self.shapes]
+        self.offsets = [sum(self.numels[:i]) for i in range(len(self.numels))]
+        self.m = m
+        self.buffer = torch.empty(0, dtype=dtype, device=device)
+        self.weight = 1.0
+        self._written = [[False] * m for _ in self.shapes]
+
+    def _rows(self, i: int) -> torch.Tensor:
+        if self.buffer.numel() == 0:  # first block: reserve, don't touch (no zero-fill)
+            self.buffer.resize_(sum(self.numels), self.m)
+        return self.buffer[self.offsets[i] : self.offsets[i] + self.numels[i]]
+
+    def add(self, i: int, j: int, block: torch.Tensor) -> None:
+        """Column ``j`` of parameter ``i`` += ``weight · block`` (``block`` shaped like it)."""
+        target = self._rows(i)[:, j].view(self.shapes[i])
+        if self._written[i][j]:
+            target.add_(block.detach(), alpha=self.weight)
+        else:
+            target.copy_(block.detach())
+            if self.weight != 1.0:
+                target.mul_(self.weight)
+            self._written[i][j] = True
+
+    def add_blocks(self, blocks: Sequence[torch.Tensor | None]) -> None:
+        """``sum += weight · blocks`` for per-parameter (m, *shape) blocks (``None`` = zero)."""
+        if len(blocks) != len(self.shapes):
+            raise RuntimeError(
+                f"a batch product returned {len(blocks)} blocks for {len(self.shapes)} parameters"
+            )
+        for i, b in enumerate(blocks):
+            if b is None:  # an all-zero block: nothing to add
+                continue
+            rows, k = self._rows(i), self.numels[i]
+            # (k, m) view of the block; for m = 1 a plain reshape (copy_ from a transposed
+            # (k, 1) view takes a slow strided path)
+            cols = b.detach().reshape(k, 1) if self.m == 1 else b.detach().reshape(self.m, k).T
+            if all(self._written[i]):
+                rows.add_(cols, alpha=self.weight)
+                continue
+            for j in range(self.m):
+                self.add(i, j, cols[:, j].view(self.shapes[i]))
+
+    def add_gradient(
+        self,
+        j: int,
+        outputs: torch.Tensor,
+        params: Sequence[torch.Tensor],
+        grad_outputs: torch.Tensor | None = None,
+        *,
+        retain_graph: bool = False,
+    ) -> None:
+        """Column ``j`` += ``weight · ∂⟨outputs, grad_outputs⟩/∂params``, streamed.
+
+        ``params`` are the sink's parameters, in order. A hook on each hands its gradient to
+        :meth:`add` as soon as the backward produces it and gives autograd a stride-0 zero
+        instead, so each gradient is freed at once: the peak is the sum plus the gradients in
+        flight, never a second n-sized result (0.5 GB on a 124M-parameter model). The hooks are
+        removed before this returns, also when the backward raises.
+        """
+        handles = [
+            p.register_hook(self._hook(i, j, p))  # type: ignore[no-untyped-call]
+            for i, p in enumerate(params)
+        ]
+        try:
+            torch.autograd.grad(
+                outputs, params, grad_outputs, retain_graph=retain_graph, allow_unused=True
+            )
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _hook(self, i: int, j: int, p: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        zero = torch.zeros((), dtype=p.dtype, device=p.device).expand(p.shape)
+
+        def hook(g: torch.Tensor) -> torch.Tensor:
+            self.add(i, j, g)
+            return zero
+
+        return hook
+
+    def result(self) -> torch.Tensor:
+        """The (n, m) sum so far, with never-written blocks zeroed (they were all zero)."""
+        for i, columns in enumerate(self._written):
+            for j, done in enumerate(columns):
+                if not done:
+                    self._rows(i)[:, j].zero_()
+                    columns[j] = True
+        if self.buffer.numel() == 0:  # m = 0
+            self.buffer.resize_(sum(self.numels), self.m)
+        return self.buffer
+
+
 class ModelCurvatureOperator(CurvatureOperator, ABC):
     """Base class of operators defined by a model, a dataloader and a per-batch product.
+
+    The operator is A = s · Σ_b w_b A_b / Σ_b w_b over the batches b the dataloader yields
+    (see the module docstring), A_b being what the subclass's :meth:`batch_matmat` (or
+    :meth:`batch_matvec`) multiplies by, w_b the batch's weight (its leading size unless
+    :meth:`batch_weight` says otherwise) and s = ``num_total_samples`` or 1. A subclass
+    supplies only that per-batch product; parameter selection, batching, weighting, checks and
+    restoring the model after every product come from here.
+
+    Cost of a product: the subclass's per-batch products over every (micro)batch, plus an
+    (n, m) accumulator (allocated by the first batch's product) and, with a
+    ``process_group``, one all-reduce of n·m values.
 
     Args:
         model: the model; its selected parameters span the operator's vector space.
@@ -70,6 +188,29 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
             shards (unequal shards and batch counts allowed). Each product costs one all-reduce
             of n·m values, done once after the local batches (never per batch). A
             DistributedDataParallel-wrapped model is unwrapped (its ``.module`` is used).
+
+    Example:
+        A toy subclass whose batch b contributes c_b·I with c_b the batch's mean square;
+        batches of 3 and 1 samples with c = 1 and c = 9 give the sample-weighted mean
+        (3·1 + 1·9) / 4 = 3:
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from hessian_eigenthings.operators import ModelCurvatureOperator
+        >>> class MeanSquareTimesIdentity(ModelCurvatureOperator):
+        ...     def batch_matvec(self, batch, v):
+        ...         c = float(batch.pow(2).mean())
+        ...         return [c * t for t in v]
+        >>> model = nn.Linear(2, 1)
+        >>> batches = [torch.full((3, 1), 1.0), torch.full((1, 1), 3.0)]
+        >>> op = MeanSquareTimesIdentity(model, batches)
+        >>> op.size  # 2 weights + 1 bias
+        3
+        >>> op @ torch.ones(3)
+        tensor([3., 3., 3.])
+        >>> op2 = MeanSquareTimesIdentity(model, batches, num_total_samples=4)
+        >>> op2 @ torch.ones(3)  # the curvature of the summed loss: 4× the mean
+        tensor([12., 12., 12.])
     """
 
     #: Operators that perturb the parameters (finite differences) set this so the engine
@@ -133,6 +274,16 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
         first: list[torch.Tensor | None] = [None if t is None else t[0] for t in out]
         return first
 
+    def batch_accumulate(self, batch: Any, V: Sequence[torch.Tensor], sink: ProductSink) -> None:
+        """Add ``sink.weight`` times this batch's product with ``V`` into ``sink``.
+
+        The engine calls this once per (micro)batch chunk. The default adds the blocks of
+        :meth:`batch_matmat`; a subclass that can hand over one parameter's block at a time
+        overrides it to keep its peak memory at the sum plus one block.
+        """
+        blocks = self.batch_matmat(batch, V)
+        sink.add_blocks(blocks)
+
     def batch_weight(self, batch: Any) -> float:
         """How much ``batch`` counts in the dataset mean: ``self.weight_fn(batch)``.
 
@@ -148,8 +299,11 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
             not getattr(cls, "__abstractmethods__", None)
             and cls.batch_matmat is base.batch_matmat
             and cls.batch_matvec is base.batch_matvec
+            and cls.batch_accumulate is base.batch_accumulate
         ):
-            raise TypeError(f"{cls.__name__} must override batch_matmat or batch_matvec")
+            raise TypeError(
+                f"{cls.__name__} must override batch_matmat, batch_matvec or batch_accumulate"
+            )
 
     # -- CurvatureOperator ------------------------------------------------------------------
 
@@ -200,9 +354,7 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
             chunk.T.reshape(m, *p.shape)
             for chunk, p in zip(torch.split(V.detach(), numels), self.params, strict=True)
         ]
-        # Allocated by the first product (_add_blocks), so it is not alive while the first
-        # batch's graphs are: on parameter-dominated models that is n·m values off the peak.
-        acc = torch.empty(0, dtype=self._accumulate_dtype(), device=self.device)
+        sink = ProductSink(self._accumulate_dtype(), self.device, [p.shape for p in self.params], m)
         total_weight = 0.0
         seen = 0
         check_model_modes(self.model, warned=self._dropout_warned)
@@ -211,13 +363,12 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
             with preserved_model_state(self.model, restore_values=self.perturbs_parameters):
                 for index, batch in enumerate(self.iter_batches()):
                     seen += 1
-                    total_weight += self._accumulate_batch(acc, batch, index, directions)
+                    total_weight += self._accumulate_batch(sink, batch, index, directions)
         except Exception as err:
             if self.process_group is None:
                 raise
             failure = err  # tell the other ranks before raising, so none waits forever
-        if acc.numel() == 0:  # no product was added (no batches, all weights 0, or m = 0)
-            acc.resize_(self.size, m).zero_()
+        acc = sink.result()  # zeros if no product was added (no batches or all weights 0)
         if self.process_group is not None:
             total_weight, seen = self._reduce_across_ranks(acc, total_weight, seen, failure)
         if seen == 0:
@@ -231,9 +382,9 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
         return acc.mul_(scale).to(self.dtype)
 
     def _accumulate_batch(
-        self, acc: torch.Tensor, batch: Any, index: int, directions: list[torch.Tensor]
+        self, sink: ProductSink, batch: Any, index: int, directions: list[torch.Tensor]
     ) -> float:
-        """Add w·A_chunk·V for every (micro)batch chunk of ``batch`` to ``acc``; return Σ w."""
+        """Add w·A_chunk·V for every (micro)batch chunk of ``batch`` to ``sink``; return Σ w."""
         chunks = (
             [batch] if self.microbatch_size is None else split_batch(batch, self.microbatch_size)
         )
@@ -246,10 +397,10 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
                 raise InvalidArgumentError(
                     f"batch {index} has weight {weight}; weights must be ≥ 0"
                 )
-            blocks = self.batch_matmat(chunk, directions)
-            self._add_blocks(acc, blocks, weight, m=directions[0].shape[0])
-            del blocks  # before the finiteness check below allocates
+            sink.weight = weight
+            self.batch_accumulate(chunk, directions, sink)
             total += weight
+        acc = sink.result()
         # one pass, no allocation; the exact check only confirms (a finite sum can overflow)
         if not bool(torch.isfinite(acc.sum())) and not bool(torch.isfinite(acc).all()):
             raise NonFiniteError(
@@ -283,39 +434,6 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
             )
         dist.all_reduce(acc, group=self.process_group)
         return float(meta[0].item()), int(meta[1].item())
-
-    def _add_blocks(
-        self, acc: torch.Tensor, blocks: Sequence[torch.Tensor | None], weight: float, *, m: int
-    ) -> None:
-        """``acc += weight · blocks``, each block into its own rows of ``acc``.
-
-        No n-sized temporary: the peak stays at ``acc`` plus the blocks being added.
-        """
-        if len(blocks) != len(self.params):
-            raise RuntimeError(
-                f"{type(self).__name__}.batch_matmat returned {len(blocks)} blocks for "
-                f"{len(self.params)} parameters"
-            )
-        fresh = acc.numel() == 0
-        if fresh:  # the first product: written, not added (no zero-fill pass)
-            acc.resize_(self.size, m)
-        offset = 0
-        for b, p in zip(blocks, self.params, strict=True):
-            k = p.numel()
-            rows = acc[offset : offset + k]
-            if b is None:  # an all-zero block
-                if fresh:
-                    rows.zero_()
-                offset += k
-                continue
-            # (k, m) view of the block; for m = 1 a plain reshape (copy_ from a transposed
-            # (k, 1) view takes a slow strided path)
-            cols = b.detach().reshape(k, 1) if m == 1 else b.detach().reshape(m, k).T
-            if fresh:
-                rows.copy_(cols).mul_(weight)
-            else:
-                rows.add_(cols, alpha=weight)
-            offset += k
 
     def __repr__(self) -> str:
         return (
