@@ -203,7 +203,7 @@ class ModelJacobian:
             return
         m = W.shape[0]
         for j in range(m):
-            sink.add_gradient(j, out, self.params, W[j], retain_graph=j < m - 1)
+            sink.add_gradient(j, out, W[j], retain_graph=j < m - 1)
 
 
 def _stack_columns(

@@ -105,5 +105,6 @@ class SandwichOperator(ModelCurvatureOperator):
 
     def batch_accumulate(self, batch: Any, V: Sequence[torch.Tensor], sink: ProductSink) -> None:
         # the backward streams each parameter's block into the sum (see ModelJacobian.vjp_into)
-        out, W = self.batch_cotangents(batch, V)
+        with sink.recording_graph():
+            out, W = self.batch_cotangents(batch, V)
         self.jacobian.vjp_into(out, W, sink)

@@ -287,9 +287,10 @@ class HessianOperator(ModelCurvatureOperator):
             return
         # one direction: the second backward streams each block into the sum as it is
         # produced, so no second n-sized result exists (see ProductSink.add_gradient)
-        s = self._directional_derivatives(batch, V)
+        with sink.recording_graph():
+            s = self._directional_derivatives(batch, V)
         if s is not None:
-            sink.add_gradient(0, s[0], self.params)
+            sink.add_gradient(0, s[0])
 
     def _directional_derivatives(
         self, batch: Any, V: Sequence[torch.Tensor]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from abc import ABC
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -54,26 +55,63 @@ class ProductSink:
     """The (n, m) sum Σ w_b A_b V of one product, fed one block at a time.
 
     The engine hands one to :meth:`ModelCurvatureOperator.batch_accumulate` per (micro)batch
-    chunk, with that chunk's ``weight``. The buffer is reserved uninitialised when the first
+    chunk, with that chunk's ``weight``. The buffer is allocated (uninitialised) when the first
     block arrives and each parameter's rows are written (copied, not added) by their first
-    block, so its pages become resident only as blocks land — like ``.grad`` buffers filling
-    during a backward. A subclass that hands over one parameter's block as soon as it exists
-    (:meth:`add`, e.g. from a gradient hook) thus never holds a second n-sized result.
+    block, so no zero-fill pass is needed.
+
+    :meth:`add_gradient` can stream a backward's gradients into the sum one parameter at a time,
+    so that no second n-sized result exists. Before the buffer exists that is a trade: the
+    buffer is then allocated while the autograd graph is still alive. It pays when the graph
+    is smaller than the buffer (parameter-dominated models, e.g. language models on short
+    batches), so a subclass records its graph-building code under :meth:`recording_graph` and
+    the first backward streams only if the tensors autograd saved there take fewer bytes than
+    the buffer will.
     """
 
-    def __init__(
-        self, dtype: torch.dtype, device: torch.device, shapes: Sequence[torch.Size], m: int
-    ) -> None:
-        self.shapes = list(shapes)
-        self.numels = [s.numel() for s in self.shapes]
+    def __init__(self, params: Sequence[torch.Tensor], m: int, dtype: torch.dtype) -> None:
+        self.params = tuple(params)
+        self.shapes = [p.shape for p in self.params]
+        self.numels = [p.numel() for p in self.params]
         self.offsets = [sum(self.numels[:i]) for i in range(len(self.numels))]
         self.m = m
+        device = self.params[0].device if self.params else torch.device("cpu")
         self.buffer = torch.empty(0, dtype=dtype, device=device)
         self.weight = 1.0
         self._written = [[False] * m for _ in self.shapes]
+        self._graph_bytes = 0
+
+    @property
+    def fresh(self) -> bool:
+        """Whether the buffer is not allocated yet (no block has arrived)."""
+        return self.buffer.numel() == 0
+
+    @contextmanager
+    def recording_graph(self) -> Iterator[None]:
+        """Count the bytes of the tensors autograd saves inside (while the sum is fresh).
+
+        Storages are counted once, and the parameters' own storages not at all.
+        """
+        if not self.fresh:
+            yield
+            return
+        seen = {p.untyped_storage().data_ptr() for p in self.params}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            try:
+                storage = t.untyped_storage()
+                key, size = storage.data_ptr(), storage.nbytes()
+            except (RuntimeError, NotImplementedError):  # no plain storage (wrapper tensors)
+                key, size = id(t), t.numel() * t.element_size()
+            if key not in seen:
+                seen.add(key)
+                self._graph_bytes += size
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            yield
 
     def _rows(self, i: int) -> torch.Tensor:
-        if self.buffer.numel() == 0:  # first block: reserve, don't touch (no zero-fill)
+        if self.fresh:  # first block: allocate, don't touch (no zero-fill)
             self.buffer.resize_(sum(self.numels), self.m)
         return self.buffer[self.offsets[i] : self.offsets[i] + self.numels[i]]
 
@@ -111,26 +149,42 @@ class ProductSink:
         self,
         j: int,
         outputs: torch.Tensor,
-        params: Sequence[torch.Tensor],
         grad_outputs: torch.Tensor | None = None,
         *,
         retain_graph: bool = False,
     ) -> None:
-        """Column ``j`` += ``weight · ∂⟨outputs, grad_outputs⟩/∂params``, streamed.
+        """Column ``j`` += ``weight · ∂⟨outputs, grad_outputs⟩/∂params``.
 
-        ``params`` are the sink's parameters, in order. A hook on each hands its gradient to
-        :meth:`add` as soon as the backward produces it and gives autograd a stride-0 zero
-        instead, so each gradient is freed at once: the peak is the sum plus the gradients in
-        flight, never a second n-sized result (0.5 GB on a 124M-parameter model). The hooks are
-        removed before this returns, also when the backward raises.
+        Streamed when the buffer exists or the graph recorded by :meth:`recording_graph` is
+        smaller than it: a hook on each parameter hands its gradient to :meth:`add` as soon as
+        the backward produces it and gives autograd a stride-0 zero instead, so each gradient
+        is freed at once and the peak is the sum plus the gradients in flight (for a
+        124M-parameter model that saves 0.5 GB). Otherwise the gradients are collected and
+        then added. The hooks are removed before this returns, also when the backward raises.
         """
+        nbytes = sum(self.numels) * self.m * self.buffer.element_size()
+        if self.fresh and self._graph_bytes >= nbytes:
+            grads: list[torch.Tensor | None] = list(
+                torch.autograd.grad(
+                    outputs,
+                    self.params,
+                    grad_outputs,
+                    retain_graph=retain_graph,
+                    allow_unused=True,
+                )
+            )
+            for i, g in enumerate(grads):
+                if g is not None:
+                    self.add(i, j, g)
+                    grads[i] = None  # freed as soon as it is in the sum
+            return
         handles = [
             p.register_hook(self._hook(i, j, p))  # type: ignore[no-untyped-call]
-            for i, p in enumerate(params)
+            for i, p in enumerate(self.params)
         ]
         try:
             torch.autograd.grad(
-                outputs, params, grad_outputs, retain_graph=retain_graph, allow_unused=True
+                outputs, self.params, grad_outputs, retain_graph=retain_graph, allow_unused=True
             )
         finally:
             for handle in handles:
@@ -354,7 +408,7 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
             chunk.T.reshape(m, *p.shape)
             for chunk, p in zip(torch.split(V.detach(), numels), self.params, strict=True)
         ]
-        sink = ProductSink(self._accumulate_dtype(), self.device, [p.shape for p in self.params], m)
+        sink = ProductSink(self.params, m, self._accumulate_dtype())
         total_weight = 0.0
         seen = 0
         check_model_modes(self.model, warned=self._dropout_warned)
