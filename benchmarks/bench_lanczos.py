@@ -15,10 +15,23 @@ Prints JSON lines on stdout:
   dearer relative to n·m. ``load_average_1min`` is printed because other processes on the
   machine inflate wall times.
 
+* ``floor`` (``--floor``): the least vector work any Lanczos step must do at this n, timed
+  on bare torch with nothing else around it: ``lanczos_step`` is α = ⟨w, v⟩,
+  ``w −= α v + β v_prev`` (one fused ``addmv`` over the two stacked rows), β = ‖w‖ and
+  ``v_next = w / β`` into the next row of the basis; ``reorth_pass`` is one classical
+  Gram–Schmidt pass against j stored rows (``h = Q w``, ``w −= Qᵀ h``: two gemv sweeps);
+  ``first_touch`` is writing a row of freshly allocated memory (page faults; a stored
+  basis pays it once per step). Each is timed ``cache="hot"`` (operands just used) and
+  ``cache="cold"`` (a 64 MiB buffer swept in between, as a ≥ 1 ms operator does), as the
+  median and 10th/90th percentiles over many repeats. ``run_floor`` adds them up for a
+  run of ``steps`` steps with one reorthogonalisation pass each, as a fraction of
+  ``steps`` products of 1 ms.
+
 Tolerances: ARPACK stops when ``‖r_i‖ ≤ tol·|θ_i|`` for each pair, we stop when
 ``‖r_i‖ ≤ tol·max|θ|``; we pass ``tol · λ_k/λ_1`` so our test implies ARPACK's.
 
-Run: ``uv run python benchmarks/bench_lanczos.py`` (``--quick`` for a smaller n).
+Run: ``OMP_NUM_THREADS=1 uv run python benchmarks/bench_lanczos.py`` (``--quick`` for a
+smaller n, ``--floor`` for the floor records only).
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -174,14 +188,114 @@ def overhead(lam: torch.Tensor, k: int, tol: float, target_ms: float) -> dict[st
     }
 
 
+def _quantiles_us(
+    fn: Callable[[], object], repeats: int, flush: torch.Tensor | None
+) -> dict[str, float]:
+    """Median and 10th/90th percentile of ``fn()`` in µs; ``flush`` is swept before each."""
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if flush is not None:
+            flush.add_(1.0)
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    q = np.quantile(np.asarray(times) * 1e6, [0.1, 0.5, 0.9])
+    return {
+        "median_us": round(float(q[1]), 1),
+        "p10_us": round(float(q[0]), 1),
+        "p90_us": round(float(q[2]), 1),
+    }
+
+
+def floor(n: int, steps: int, repeats: int) -> list[dict[str, object]]:
+    """The ``floor`` records (module docstring)."""
+    g = torch.Generator().manual_seed(0)
+    Q = torch.randn(steps + 2, n, generator=g, dtype=torch.float64)
+    w = torch.randn(n, generator=g, dtype=torch.float64)
+    coef = torch.empty(2, dtype=torch.float64)
+    h = torch.empty(steps + 2, dtype=torch.float64)
+    flush = torch.zeros(8 << 20, dtype=torch.float64)  # 64 MiB, twice the L3 cache
+    out: list[dict[str, object]] = []
+
+    def step() -> None:
+        alpha = torch.linalg.vecdot(w, Q[1])
+        coef[0], coef[1] = 1e-3, alpha  # β_prev, α (tiny β keeps w from decaying to 0)
+        w.addmv_(Q[0:2].T, coef, alpha=-1.0)
+        beta = torch.linalg.vector_norm(w)
+        torch.div(w, beta, out=Q[2])
+
+    # One never-touched row per call, like the next row of a growing basis (a small
+    # temporary would come back from the allocator already mapped).
+    fresh = torch.empty(2 * repeats + 20, n, dtype=torch.float64)
+    used = iter(range(fresh.shape[0]))
+
+    def first_touch() -> None:
+        torch.div(w, 3.0, out=fresh[next(used)])
+
+    def gs_pass(j: int) -> Callable[[], None]:
+        def run() -> None:
+            torch.mv(Q[:j], w, out=h[:j])
+            w.addmv_(Q[:j].T, h[:j], alpha=-1.0)
+
+        return run
+
+    base = {"bench": "lanczos_floor", "n": n, "repeats": repeats}
+    stats: dict[tuple[str, str, int], float] = {}
+    for cache in ("hot", "cold"):
+        sweep = flush if cache == "cold" else None
+        cases: list[tuple[str, int, Callable[[], object]]] = [
+            ("lanczos_step", 0, step),
+            ("first_touch", 0, first_touch),
+        ]
+        cases += [("reorth_pass", j, gs_pass(j)) for j in (1, 5, 10, 20, steps)]
+        for name, j, fn in cases:
+            q = _quantiles_us(fn, repeats, sweep)
+            stats[name, cache, j] = float(q["median_us"])
+            rec: dict[str, object] = {**base, "floor": name, "cache": cache}
+            if name == "reorth_pass":
+                rec["rows"] = j
+            rec.update(q)
+            rec["fraction_of_1ms"] = round(float(q["median_us"]) / 1e3, 4)
+            out.append(rec)
+    for cache in ("hot", "cold"):
+        # reorth_pass(j) is affine in j: interpolate between the measured sizes
+        js = sorted(j for (name, c, j) in stats if name == "reorth_pass" and c == cache)
+        per = [stats["reorth_pass", cache, j] for j in js]
+        passes = sum(float(np.interp(j, js, per)) for j in range(1, steps + 1))
+        bare = steps * stats["lanczos_step", cache, 0]
+        touch = steps * stats["first_touch", cache, 0]
+        out.append(
+            {
+                **base,
+                "floor": "run_floor",
+                "cache": cache,
+                "steps": steps,
+                "bare_steps_fraction_of_1ms": round(bare / (steps * 1e3), 4),
+                "with_first_touch_fraction": round((bare + touch) / (steps * 1e3), 4),
+                "with_one_reorth_pass_fraction": round((bare + touch + passes) / (steps * 1e3), 4),
+                "load_average_1min": round(os.getloadavg()[0], 2),
+                "torch_threads": torch.get_num_threads(),
+            }
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--tol", type=float, default=1e-6)
     parser.add_argument("--quick", action="store_true", help="n = 10_000, one overhead level")
+    parser.add_argument("--floor", action="store_true", help="only the floor records")
+    parser.add_argument("--repeats", type=int, default=300, help="repeats per floor timing")
     args = parser.parse_args(argv)
     n = 10_000 if args.quick else args.n
+    for record in floor(n, steps=25, repeats=args.repeats):
+        emit(record)
+    if args.floor:
+        return
     specs = spectra(n)
     for name, lam in specs.items():
         emit(compare(name, lam, args.k, args.tol))

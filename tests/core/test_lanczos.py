@@ -398,3 +398,36 @@ def test_cpu_generator_serves_cuda_operator() -> None:
         warnings.simplefilter("error")
         again = lanczos(op, k=2, seed=torch.Generator().manual_seed(5))
     assert torch.equal(again.eigenvectors, res.eigenvectors)
+
+
+@pytest.mark.parametrize(("block", "reorth"), [(1, True), (1, False), (2, True)])
+def test_non_finite_later_product_is_caught_by_the_step_norms(block: int, reorth: bool) -> None:
+    # The engine skips the product's own finiteness pass and reads it off the norms it
+    # takes anyway: an inf (not only NaN) in a later product must still raise, with its index.
+    d = torch.linspace(1.0, 2.0, 30, dtype=F64)
+    calls = {"n": 0}
+
+    def bad(V: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        out = d.reshape(-1, *([1] * (V.ndim - 1))) * V
+        if calls["n"] == 3:
+            out[5] = float("inf")
+        return out
+
+    op = LambdaOperator(30, bad, matmat=bad, dtype=F64)
+    with pytest.raises(NonFiniteError, match=f"product number {3 * block}"):
+        lanczos(op, k=2, seed=0, block_size=block, reorthogonalize=reorth)
+
+
+def test_skipped_early_checks_change_nothing() -> None:
+    # Without a callback no convergence check runs while fewer than k Ritz pairs exist;
+    # the result must be bit-identical to a run that checks every step.
+    known = dense_known(_spectrum("clustered", 300), seed=15)
+    quiet = lanczos(known.operator, k=4, which="LA", seed=3)
+    seen: list[int] = []
+    watched = lanczos(known.operator, k=4, which="LA", seed=3, callback=lambda i: seen.append(1))
+    assert len(seen) == watched.iterations
+    assert quiet.iterations == watched.iterations
+    assert torch.equal(quiet.eigenvalues, watched.eigenvalues)
+    assert torch.equal(quiet.eigenvectors, watched.eigenvectors)
+    assert torch.equal(quiet.residuals, watched.residuals)

@@ -222,7 +222,10 @@ def which_order(theta: torch.Tensor, which: Which, tie_tol: float = 0.0) -> torc
     by_value = torch.sort(theta, descending=True, stable=True).indices
     if which == "LA":
         return by_value
-    by_mag = by_value[torch.sort(theta[by_value].abs(), descending=True, stable=True).indices]
+    mags, perm = torch.sort(theta[by_value].abs(), descending=True, stable=True)
+    by_mag = by_value[perm]
+    if tie_tol <= 0.0 or not bool((mags[:-1] - mags[1:] <= tie_tol).any()):
+        return by_mag  # no near-ties: exact ties are already ordered by value
     values = theta.tolist()
     order = by_mag.tolist()
     start = 0
@@ -252,9 +255,11 @@ class Products:
         self.work = work_dtype(op.dtype)
         self.count = 0
 
-    def rows(self, X: torch.Tensor, *, private: bool = True) -> torch.Tensor:
+    def rows(self, X: torch.Tensor, *, private: bool = True, check: bool = True) -> torch.Tensor:
         """``(A Xᵀ)ᵀ``; with ``private=False`` the result may share memory with the
-        operator's own output (for callers that neither modify nor keep it)."""
+        operator's own output (for callers that neither modify nor keep it). ``check=False``
+        skips the finiteness test for callers that take a norm of the result anyway and call
+        :meth:`non_finite` when it is not finite (saving one pass over the product)."""
         b = X.shape[0]
         xin = X.to(self.op.dtype)
         if b == 1:
@@ -267,13 +272,17 @@ class Products:
             out = out.clone()  # never modify the operator's own buffers (or the input)
         # One reduction: the sum is finite unless an entry is NaN/inf (or the sum overflows,
         # which the exact test below then rules out).
-        if not math.isfinite(float(out.sum())) and not bool(torch.isfinite(out).all()):
-            raise NonFiniteError(
-                f"{self.algorithm}: operator product number {self.count} contains NaN or inf. "
-                "The operator (or the model, data or loss behind it) produced a non-finite "
-                "value for a finite input vector; check the loss and the data"
-            )
+        if check and not math.isfinite(float(out.sum())) and not bool(torch.isfinite(out).all()):
+            raise self.non_finite()
         return out
+
+    def non_finite(self) -> NonFiniteError:
+        """The error for a product (the latest one) that contains NaN or inf."""
+        return NonFiniteError(
+            f"{self.algorithm}: operator product number {self.count} contains NaN or inf. "
+            "The operator (or the model, data or loss behind it) produced a non-finite "
+            "value for a finite input vector; check the loss and the data"
+        )
 
 
 def project_out(backend: LinAlgBackend, V: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:

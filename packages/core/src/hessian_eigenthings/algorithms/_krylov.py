@@ -110,6 +110,7 @@ class BlockLanczos:
         self.anorm = 0.0
         self.sym_tol = symmetry_tolerance(op.dtype)
         self.eps = eps(self.work)
+        self._work_rows: torch.Tensor | None = None
 
     # -- basis access --------------------------------------------------------------------
     def rows(self, a: int, b: int) -> torch.Tensor:
@@ -145,30 +146,44 @@ class BlockLanczos:
         """Multiply the pending block by the operator and extend the basis (module doc)."""
         s, e, lo = self.start, self.end, self.lo
         X = self.rows(s, e)
-        W = self.products.rows(X, private=False)  # only read, then replaced
-        diag = self._cpu(self.backend.inner(X, W.T))
+        # Only read, then left alone: W below is a buffer of our own. Its finiteness is read
+        # off the norms taken at the end of the step instead of an extra pass.
+        Y = self.products.rows(X, private=False, check=False)
+        diag = self._cpu(self.backend.inner(X, Y.T))
         self.H[s:e, s:e] = (diag + diag.T) / 2
         self.anorm = max(self.anorm, float(diag.abs().max()))
         C = self.H[lo:e, s:e].to(self.device, self.work)
-        W = W - C.T @ self.rows(lo, e)
+        W = torch.addmm(Y, C.T, self.rows(lo, e), alpha=-1.0, out=self._scratch(e - s))
         off: torch.Tensor | None = None
         if self.reorthogonalize:
-            W, off = self._reorthogonalize(W, s, e)
-        elif self.steps == 1:
-            off = self._cpu(self.backend.inner(self.rows(lo, s), W.T))
+            norms, off = self._reorthogonalize(W, s, e)
+        else:
+            if self.steps == 1:
+                off = self._cpu(self.backend.inner(self.rows(lo, s), W.T))
+            norms = [scalar(self.backend.norm(w)) for w in W]
+        if not all(math.isfinite(x) for x in norms):
+            raise self.products.non_finite()
         if off is not None and off.numel():
             self._check_symmetry(float(off.abs().max()))
-        self._extend(W, s, e)
+        self._extend(W, s, e, norms)
         self.steps += 1
 
-    def _reorthogonalize(
-        self, W: torch.Tensor, s: int, e: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _scratch(self, b: int) -> torch.Tensor:
+        """A (b, n) work buffer, allocated once (fresh pages cost as much as a pass)."""
+        if self._work_rows is None or self._work_rows.shape[0] < b:
+            self._work_rows = torch.empty(b, self.n, dtype=self.work, device=self.device)
+        return self._work_rows[:b]
+
+    def _reorthogonalize(self, W: torch.Tensor, s: int, e: int) -> tuple[list[float], torch.Tensor]:
+        """Classical Gram–Schmidt of W (in place) against every stored row, repeated while a
+        pass removed more than it left; returns the norms of W's rows and the first pass's
+        coefficients against the rows before the block."""
         basis = self.rows(0, e)
         off: torch.Tensor | None = None
+        left: list[float] = []
         for _ in range(3):
             h = self.backend.inner(basis, W.T)
-            W = W - h.T.to(W.dtype) @ basis
+            W.addmm_(h.T.to(W.dtype), basis, alpha=-1.0)
             hc = self._cpu(h)
             if off is None:
                 off = hc[:s]
@@ -179,7 +194,7 @@ class BlockLanczos:
             if all(a <= b for a, b in zip(removed, left, strict=True)):
                 break
         assert off is not None
-        return W, off
+        return left, off
 
     def _check_symmetry(self, off: float) -> None:
         scale = self.anorm
@@ -200,16 +215,21 @@ class BlockLanczos:
             H[:size, :size] = self.H
             self.H = H
 
-    def _extend(self, W: torch.Tensor, s: int, e: int) -> None:
+    def _extend(self, W: torch.Tensor, s: int, e: int, norms: list[float]) -> None:
+        """Orthonormalise the (already reorthogonalised) block W into the next pending rows;
+        ``norms`` are the norms of W's rows."""
         b = W.shape[0]
         room = self.capacity - e
         self._grow(e + b)
         drop = 64.0 * self.eps * max(self.anorm, 1e-300)
         if not self.keep_basis:
             self._slide(s)
-        Qn, R, kept = orthonormal_rows(
-            self.backend, W, drop_tol=drop, room=room, out=self.rows(e, e + min(b, room))
-        )
+        out = self.rows(e, e + min(b, room))
+        if b == 1 and room > 0 and norms[0] > drop:  # a single row: just normalise it
+            torch.div(W, norms[0], out=out)
+            Qn, R, kept = out, torch.tensor([[norms[0]]], dtype=torch.float64), [0]
+        else:
+            Qn, R, kept = orthonormal_rows(self.backend, W, drop_tol=drop, room=room, out=out)
         r = Qn.shape[0]
         self.H[e : e + r, s:e] = R
         self.H[s:e, e : e + r] = R.T

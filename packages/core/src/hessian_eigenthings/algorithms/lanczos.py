@@ -189,7 +189,7 @@ def lanczos(
             _thick_restart(engine, ritz, k, which, capacity)
         engine.step()
         ritz = None
-        if _check_due(engine, max_iter):
+        if _check_due(engine, max_iter, k if callback is None else 0):
             ritz = engine.ritz()
             done, info = _progress(engine, ritz, k, which, tol_eff)
             if notify(callback, info):
@@ -321,13 +321,17 @@ def _plan_basis(
     return capacity, True
 
 
-def _check_due(engine: BlockLanczos, max_iter: int) -> bool:
-    """Whether to check convergence after this step: always at the end; every step while the
-    projected eigenproblem is cheap (tridiagonal up to 512 rows: O(m²)); otherwise every
-    ⌈m/64⌉ steps, so the O(m³) dense eigensolve stays a small share of a step."""
+def _check_due(engine: BlockLanczos, max_iter: int, fewest: int) -> bool:
+    """Whether to check convergence after this step: always at the end; never while fewer
+    than ``fewest`` Ritz pairs exist (they cannot all have converged; pass 0 when a callback
+    wants every check); every step while the projected eigenproblem is cheap (tridiagonal up
+    to 512 rows: O(m²)); otherwise every ⌈m/64⌉ steps, so the O(m³) dense eigensolve stays a
+    small share of a step."""
     if engine.exhausted or engine.steps >= max_iter:
         return True
     m = engine.start
+    if m < fewest:
+        return False
     every = 1 + (m // 512 if engine.tridiagonal else m // 64)
     return engine.steps % every == 0
 
