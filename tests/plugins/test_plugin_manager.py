@@ -162,6 +162,8 @@ def test_environment_switch_disables_autoloading(tmp_path: Path) -> None:
         ("import hessian_eigenthings as he; he.hf_lm_loss", "hf"),
         ("from hessian_eigenthings.loss_fns import tlens_loss", "tlens"),
         ("from hessian_eigenthings import hf_lm_shifted_ce", "hf"),
+        ("from hessian_eigenthings.loss_fns.huggingface import hf_lm_loss", "hf"),
+        ("from hessian_eigenthings.loss_fns.transformer_lens import tlens_forward", "tlens"),
     ],
 )
 def test_plugin_names_raise_an_install_hint_when_absent(statement: str, extra: str) -> None:
@@ -183,3 +185,25 @@ def test_unknown_attribute_is_still_an_attribute_error() -> None:
 
     with pytest.raises(AttributeError):
         hessian_eigenthings.definitely_not_a_name  # noqa: B018
+
+
+def test_reference_module_paths_resolve_the_same_objects() -> None:
+    """The reference's ``loss_fns.huggingface`` / ``loss_fns.transformer_lens`` paths give the
+    registry's objects (when the plugins are installed) and nothing else."""
+    import hessian_eigenthings.loss_fns as loss_fns
+    import hessian_eigenthings.loss_fns.huggingface as hf
+    import hessian_eigenthings.loss_fns.transformer_lens as tl
+    from hessian_eigenthings.plugins import get_registries
+
+    registered = set(get_registries().loss_fns.names())
+    for shim in (hf, tl):
+        assert shim.NAMES
+        assert shim.__all__ == []
+        for name in shim.NAMES:
+            if name in registered:
+                assert getattr(shim, name) is getattr(loss_fns, name)
+            else:
+                with pytest.raises(PluginNotInstalledError):
+                    getattr(shim, name)
+        with pytest.raises(AttributeError):
+            shim.not_a_loss  # noqa: B018

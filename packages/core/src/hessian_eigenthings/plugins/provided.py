@@ -7,7 +7,12 @@ from typing import Any
 from hessian_eigenthings.errors import PluginNotInstalledError
 from hessian_eigenthings.plugins.manager import get_registries
 
-__all__ = ["PLUGIN_PROVIDED_NAMES", "resolve_provided_name"]
+__all__ = [
+    "PLUGIN_PROVIDED_NAMES",
+    "provided_by",
+    "resolve_module_attribute",
+    "resolve_provided_name",
+]
 
 #: name → (distribution that provides it, extra of hessian-eigenthings that installs it)
 PLUGIN_PROVIDED_NAMES: dict[str, tuple[str, str]] = {
@@ -39,3 +44,15 @@ def resolve_provided_name(name: str) -> Any:
         f"to load. Install it with: pip install 'hessian-eigenthings[{extra}]' "
         f"(or pip install {dist})"
     )
+
+
+def provided_by(dist: str) -> tuple[str, ...]:
+    """The plugin-provided names that the distribution ``dist`` supplies."""
+    return tuple(name for name, (d, _) in PLUGIN_PROVIDED_NAMES.items() if d == dist)
+
+
+def resolve_module_attribute(module: str, names: tuple[str, ...], name: str) -> Any:
+    """A shim module's ``__getattr__``: ``name`` resolved if it is one of ``names``."""
+    if name in names:
+        return resolve_provided_name(name)
+    raise AttributeError(f"module {module!r} has no attribute {name!r}")
