@@ -102,6 +102,10 @@ def ddp(rank: int, world_size: int) -> Result:
     res = lanczos(op, k=5, seed=0)
     out["lanczos_values"], out["lanczos_vectors"] = res.eigenvalues, res.eigenvectors
     out["trace"] = trace(op, 30, seed=0).estimate
+    # no seed: each rank seeds its own generator; the operator's backend must share the draws
+    unseeded = lanczos(op, k=5)
+    out["unseeded_values"], out["unseeded_vectors"] = unseeded.eigenvalues, unseeded.eigenvectors
+    out["unseeded_trace"] = trace(op, 30).estimate
 
     ce = cross_entropy_loss_of_output(fused="eager")
     out["ggn"] = DDPGGNOperator(model, data, C.forward_fn, ce).matmat(V)

@@ -138,6 +138,20 @@ def test_ddp_lanczos_and_trace_match_single_process(results: list[dict[str, Any]
     assert abs(r0["trace"] - est) <= 1e-10 * abs(est)
 
 
+def test_ddp_algorithms_without_a_seed_agree_across_ranks(results: list[dict[str, Any]]) -> None:
+    """seed=None: every rank seeds its own generator, but the operator's ReplicatedBackend
+    broadcasts the first rank's draws, so the ranks stay in lock step (before, Lanczos mixed
+    different start vectors and stopped with a bogus asymmetry error)."""
+    ref = _hessian()
+    dense = torch.linalg.eigvalsh(ref.to_dense())
+    top5 = dense[dense.abs().argsort(descending=True)[:5]]
+    r0, r1 = results
+    assert torch.equal(r0["unseeded_values"], r1["unseeded_values"])
+    assert torch.equal(r0["unseeded_vectors"], r1["unseeded_vectors"])
+    assert r0["unseeded_trace"] == r1["unseeded_trace"]
+    torch.testing.assert_close(r0["unseeded_values"], top5, rtol=1e-8, atol=0)
+
+
 def test_a_failing_rank_makes_every_rank_raise_promptly(results: list[dict[str, Any]]) -> None:
     r0, r1 = results
     assert r1["error"] == ("ValueError", "loss exploded on rank 1")

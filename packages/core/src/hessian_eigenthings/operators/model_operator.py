@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from hessian_eigenthings.errors import InvalidArgumentError, NonFiniteError
-from hessian_eigenthings.linalg import LinAlgBackend, SingleDeviceBackend
+from hessian_eigenthings.linalg import LinAlgBackend, ReplicatedBackend, SingleDeviceBackend
 from hessian_eigenthings.operators.base import CurvatureOperator
 from hessian_eigenthings.operators.batching import (
     BatchWeightFn,
@@ -236,7 +236,9 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
             the result is unchanged).
         num_total_samples: scale the mean curvature by this (the summed-loss curvature of a
             training set this large).
-        backend: the :class:`LinAlgBackend` algorithms should use with this operator.
+        backend: the :class:`LinAlgBackend` algorithms should use with this operator (default:
+            single-device arithmetic; with a ``process_group``, a :class:`ReplicatedBackend`
+            so that every rank starts from the same random vectors even with ``seed=None``).
         process_group: a ``torch.distributed`` process group whose ranks each iterate their
             own shard of the data; the product is then the weighted mean over the union of the
             shards (unequal shards and batch counts allowed). Each product costs one all-reduce
@@ -297,7 +299,11 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
             self.num_batches = 1
         self.microbatch_size = _positive_int_or_none(microbatch_size, "microbatch_size")
         self.num_total_samples = _positive_int_or_none(num_total_samples, "num_total_samples")
-        self.backend: LinAlgBackend = backend if backend is not None else SingleDeviceBackend()
+        if backend is None:  # replicated vectors; with a group, ranks must share random draws
+            backend = (
+                SingleDeviceBackend() if process_group is None else ReplicatedBackend(process_group)
+            )
+        self.backend: LinAlgBackend = backend
         self.weight_fn: BatchWeightFn = batch_leading_size
         self._dropout_warned = [False]
 

@@ -67,8 +67,9 @@ class _DataParallel:
                 "replicated dot products over the ranks multiplies them by the world size). "
                 "DistributedBackend is for sharded vectors (FSDPHessianOperator)"
             )
+        # the engine then defaults the backend to a ReplicatedBackend of the group
+        kwargs["process_group"] = group
         super().__init__(*args, **kwargs)
-        self.process_group = group
 
 
 class DDPHessianOperator(_DataParallel, HessianOperator):
