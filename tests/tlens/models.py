@@ -7,6 +7,8 @@ releases (both where both exist), so the same tests exercise whichever API is in
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from typing import Any
 
 import torch
@@ -65,3 +67,33 @@ def token_batches(vocab: int = 13, seed: int = 0) -> list[Any]:
     attention = torch.tensor([[1, 1, 1, 1, 0], [0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
     loss_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 0, 0, 1]])
     return [plain, {"tokens": padded, "attention_mask": attention, "loss_mask": loss_mask}]
+
+
+#: TransformerLens 4's builder that wraps an HF model in a TransformerBridge.
+BRIDGE_BUILDER = "transformer_lens.model_bridge.sources._bridge_builder"
+
+
+def has_bridge_builder() -> bool:
+    """Whether the installed TransformerLens can wrap an HF model in a bridge (≥ 4)."""
+    try:
+        return importlib.util.find_spec(BRIDGE_BUILDER) is not None
+    except ModuleNotFoundError:  # no transformer_lens.model_bridge at all
+        return False
+
+
+def gpt2_bridge() -> nn.Module:
+    """A bridge around a jittered float64 one-layer HF GPT-2 (vocabulary 13, width 8, 2 heads,
+    eager attention): tied embedding/unembedding and a fused ``c_attn`` split into q/k/v views."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=13, n_positions=8, n_embd=8, n_layer=1, n_head=2, n_inner=8,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="eager",
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        hf = jitter(GPT2LMHeadModel(config).double().eval())
+    build = importlib.import_module(BRIDGE_BUILDER).build_bridge_from_module
+    bridge: nn.Module = build(hf, "GPT2LMHeadModel", hf_config=config)
+    bridge.eval()
+    return bridge

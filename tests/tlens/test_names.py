@@ -122,16 +122,6 @@ def test_raw_names_still_work_and_the_filter_is_a_core_param_filter(model: nn.Mo
     ]
 
 
-def test_plain_match_names_misses_bridge_parameters(model: nn.Module) -> None:
-    # Why the adapter exists: a bridge's raw names do not contain "blocks".
-    raw_has_blocks = any(n.startswith("blocks.") for n, _ in model.named_parameters())
-    if raw_has_blocks:  # HookedTransformer: raw names are TransformerLens names
-        assert he.select_parameters(model, he.match_names("blocks.*.attn.*"))
-    else:
-        with pytest.raises(InvalidArgumentError, match="selected no trainable parameters"):
-            he.select_parameters(model, he.match_names("blocks.*.attn.*"))
-
-
 @pytest.mark.parametrize(
     ("path", "name"),
     [

@@ -13,8 +13,6 @@ views. The operators must give zero curvature on the fused weight's coordinates.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from typing import Any
 
 import pytest
@@ -29,40 +27,18 @@ from hessian_eigenthings_tlens import (
     tlens_param_filter,
 )
 from tests.tlens import oracles
-from tests.tlens.models import jitter, token_batches
+from tests.tlens.models import gpt2_bridge, has_bridge_builder, token_batches
 from tests.tlens.test_operators import assert_products, block, untouched
 
-BUILDER = "transformer_lens.model_bridge.sources._bridge_builder"
-
-
-def _has_builder() -> bool:
-    try:
-        return importlib.util.find_spec(BUILDER) is not None
-    except ModuleNotFoundError:  # no transformer_lens.model_bridge at all
-        return False
-
-
 pytestmark = pytest.mark.skipif(
-    not _has_builder(),
+    not has_bridge_builder(),
     reason="wrapping an HF model in a TransformerBridge needs transformer-lens >= 4",
 )
 
 
 @pytest.fixture(scope="module")
 def gpt2() -> nn.Module:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    config = GPT2Config(
-        vocab_size=13, n_positions=8, n_embd=8, n_layer=1, n_head=2, n_inner=8,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="eager",
-    )  # fmt: skip
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        hf = jitter(GPT2LMHeadModel(config).double().eval())
-    build = importlib.import_module(BUILDER).build_bridge_from_module
-    bridge: nn.Module = build(hf, "GPT2LMHeadModel", hf_config=config)
-    bridge.eval()
-    return bridge
+    return gpt2_bridge()
 
 
 def live_names(model: nn.Module) -> list[str]:

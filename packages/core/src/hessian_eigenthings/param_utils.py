@@ -3,11 +3,18 @@
 The vector space of an operator is the concatenation, in ``model.named_parameters()`` order,
 of the parameters that have ``requires_grad`` and pass the operator's ``param_filter``.
 Shared (tied) parameters appear once, as ``named_parameters()`` reports them.
+
+A filter sees each parameter's name as ``named_parameters()`` reports it (its *raw* name);
+if it accepts none of them and a plugin knows the model, the other names the plugin gives each
+parameter (:func:`param_aliases`): with
+the TransformerLens plugin installed, ``match_names("blocks.*.attn")`` selects the attention
+parameters of a ``TransformerBridge``, whose raw names read ``layers.0._original_component...``.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -15,13 +22,14 @@ from typing import TypeAlias
 import torch
 from torch import nn
 
-from hessian_eigenthings.errors import InvalidArgumentError
+from hessian_eigenthings.errors import InvalidArgumentError, PluginLoadWarning
 
 __all__ = [
     "ParamFilter",
     "ParamSpace",
     "match_names",
     "match_regex",
+    "param_aliases",
     "params_to_vector",
     "select_parameters",
     "vector_to_params",
@@ -145,12 +153,115 @@ def match_regex(pattern: str | re.Pattern[str]) -> ParamFilter:
     return _filter
 
 
+def _checked_names(found: object, model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """A namer's answer as ``{raw: (other names)}`` over ``model``'s parameters, in
+    ``named_parameters()`` order; malformed answers raise ``TypeError``."""
+    if not isinstance(found, Mapping):
+        raise TypeError(f"returned a {type(found).__name__}, expected a mapping or None")
+    out: dict[str, tuple[str, ...]] = {}
+    for raw, _ in model.named_parameters():
+        names = found.get(raw, ())
+        if isinstance(names, str) or not isinstance(names, Iterable):
+            raise TypeError(
+                f"gave {raw!r} the names {names!r}; expected a sequence of strings "
+                "(wrap a single name in a list)"
+            )
+        names = tuple(names)
+        bad = [n for n in names if not isinstance(n, str) or not n]
+        if bad:
+            raise TypeError(f"gave {raw!r} names that are not non-empty strings: {bad!r}")
+        unique = tuple(n for n in dict.fromkeys(names) if n != raw)
+        if unique:
+            out[raw] = unique
+    return out
+
+
+def param_aliases(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """The other names plugins give ``model``'s parameters: ``{raw name: (aliases, ...)}``.
+
+    Asks the parameter namers plugins registered with the ``register_param_namers`` hook
+    (:data:`~hessian_eigenthings.plugins.ParamNamer`), in registry order (the core's built-ins,
+    then installed plugins in load order, then in-process ones); the first that returns a
+    mapping for ``model`` supplies every alias, the others are not asked. Raw names without
+    aliases, and a raw name listed as its own alias, are left out; ``{}`` when no namer knows
+    the model. A namer that raises or answers something other than a mapping of raw names to
+    sequences of names is reported with a :class:`~hessian_eigenthings.PluginLoadWarning`
+    and skipped. :func:`select_parameters` offers a ``param_filter`` these names as well.
+
+    Cost: one call per registered namer until one answers (namers return ``None`` for models
+    they do not know after a type check), plus one pass over ``named_parameters()``.
+
+    Example:
+        No namer knows a plain ``nn.Sequential``; an in-process plugin teaches the core
+        other names for it (the TransformerLens plugin does the same for its models):
+
+        >>> from torch import nn
+        >>> from hessian_eigenthings import match_names, param_aliases, select_parameters
+        >>> from hessian_eigenthings.plugins import (
+        ...     get_plugin_manager, hookimpl, refresh_registries)
+        >>> model = nn.Sequential(nn.Linear(3, 2), nn.Tanh(), nn.Linear(2, 1))
+        >>> param_aliases(model)
+        {}
+        >>> def layer_names(model):
+        ...     if not isinstance(model, nn.Sequential):
+        ...         return None
+        ...     return {"0.weight": ["hidden.W", "0.weight"], "2.weight": ["out.W"]}
+        >>> class LayerNames:
+        ...     @hookimpl
+        ...     def register_param_namers(self, register):
+        ...         register("layer-names", layer_names)
+        >>> _ = get_plugin_manager().register(LayerNames(), name="layer-names")
+        >>> _ = refresh_registries()
+        >>> param_aliases(model)  # the raw name listed as its own alias is dropped
+        {'0.weight': ('hidden.W',), '2.weight': ('out.W',)}
+        >>> [name for name, _ in select_parameters(model, match_names("*.W"))]
+        ['0.weight', '2.weight']
+        >>> _ = get_plugin_manager().unregister(name="layer-names")
+        >>> _ = refresh_registries()
+    """
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    from hessian_eigenthings.plugins.manager import get_registries
+
+    for entry in get_registries().param_namers:
+        try:
+            found = entry.obj(model)
+            if found is None:
+                continue
+            return _checked_names(found, model)
+        except Exception as err:
+            warnings.warn(
+                f"hessian_eigenthings plugin {entry.plugin!r}: its parameter namer "
+                f"{entry.name!r} failed on a {type(model).__name__} ({type(err).__name__}: "
+                f"{err}); its names are ignored. Upgrade or uninstall the plugin.",
+                PluginLoadWarning,
+                stacklevel=2,
+            )
+    return {}
+
+
+def _shown_names(model: nn.Module, aliases: Mapping[str, Sequence[str]], limit: int = 8) -> str:
+    """The first ``limit`` parameter names, each with up to two of its aliases."""
+    shown = []
+    for name, _ in list(model.named_parameters())[:limit]:
+        other = list(aliases.get(name, ()))[:2]
+        shown.append(f"{name} (also {', '.join(other)})" if other else name)
+    return "; ".join(shown) or "none"
+
+
 def select_parameters(
     model: nn.Module, param_filter: ParamFilter | None = None
 ) -> list[tuple[str, nn.Parameter]]:
     """The ``(name, parameter)`` pairs an operator works on, in ``named_parameters()`` order.
 
     Keeps parameters with ``requires_grad`` that pass ``param_filter`` (all when ``None``).
+    The filter is applied to the raw names (as ``named_parameters()`` reports them, and as
+    they are returned). Only if it accepts none of them is it applied to the aliases of
+    :func:`param_aliases` (the first plugin namer that knows the model), a parameter then
+    passing when the filter accepts any of its aliases: a filter written in a plugin's naming
+    scheme (``match_names("blocks.*.attn")`` on a TransformerLens bridge) works, and a filter
+    that already selects by raw names, including one that *excludes* by name such as
+    ``lambda name, p: not name.endswith("bias")``, means exactly what it did without plugins.
     Raises :class:`InvalidArgumentError` when nothing is selected.
 
     Example:
@@ -169,16 +280,26 @@ def select_parameters(
         raise InvalidArgumentError(
             "param_filter must be a callable (name, parameter) -> bool, e.g. match_names('fc.*')"
         )
-    selected = [
-        (name, p)
-        for name, p in model.named_parameters()
-        if p.requires_grad and (param_filter is None or param_filter(name, p))
-    ]
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if param_filter is None:
+        selected = trainable
+    else:
+        selected = [(name, p) for name, p in trainable if param_filter(name, p)]
+    aliases: dict[str, tuple[str, ...]] | None = None
+    if not selected and param_filter is not None:
+        # written in another naming scheme (a plugin's): offer every parameter's aliases
+        aliases = param_aliases(model)
+        selected = [
+            (name, p)
+            for name, p in trainable
+            if any(param_filter(alias, p) for alias in aliases.get(name, ()))
+        ]
     if not selected:
-        names = [n for n, _ in model.named_parameters()][:8]
+        shown = _shown_names(model, aliases if aliases is not None else param_aliases(model))
         raise InvalidArgumentError(
             "param_filter selected no trainable parameters; check its patterns against the "
-            f"model's parameter names (first ones: {names}) and that they have requires_grad=True"
+            f"model's parameter names (first ones: {shown}) and that they have "
+            "requires_grad=True"
         )
     return selected
 

@@ -5,7 +5,8 @@
   also reachable as ``hessian_eigenthings.tlens_loss`` etc. once this plugin is installed.
 * TransformerLens names for any TransformerLens model (:func:`tlens_names`) and filters on
   them (:func:`tlens_param_filter`), so ``"blocks.*.attn"`` selects a ``TransformerBridge``'s
-  attention parameters although its raw parameter names differ.
+  attention parameters although its raw parameter names differ. The plugin hands these names
+  to the core (:func:`tlens_param_namer`), so ``match_names("blocks.*.attn")`` works as well.
 * Per-component curvature: :func:`component_operators`, :func:`component_spectra`.
 * Config-built models and token files for the CLI (``--tlens``, ``--tlens-tokens``).
 
@@ -33,7 +34,12 @@ from hessian_eigenthings_tlens.losses import (
     tlens_loss_of_output,
 )
 from hessian_eigenthings_tlens.models import build_tlens_model, tlens_version
-from hessian_eigenthings_tlens.names import TLensParamNames, tlens_names, tlens_param_filter
+from hessian_eigenthings_tlens.names import (
+    TLensParamNames,
+    tlens_names,
+    tlens_param_filter,
+    tlens_param_namer,
+)
 
 __version__ = "0.1.0"
 """The version of the ``hessian-eigenthings-tlens`` distribution.
@@ -66,5 +72,6 @@ __all__ = [
     "tlens_loss_of_output",
     "tlens_names",
     "tlens_param_filter",
+    "tlens_param_namer",
     "tlens_version",
 ]

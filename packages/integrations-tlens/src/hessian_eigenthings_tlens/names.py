@@ -30,11 +30,20 @@ weight, which stays registered (as ``attn.qkv``) but which the forward no longer
 :class:`TLensParamNames` and never selected by :func:`tlens_param_filter`: its coordinates
 are dead (zero curvature), and finite-difference products, which write parameters in place,
 would move the views twice through the shared memory.
+
+The plugin also registers :func:`tlens_param_namer` as the core's ``"transformer_lens"``
+parameter namer, so the core's own filters see these names too:
+``HessianOperator(bridge, ..., param_filter=match_names("blocks.*.attn.*"))`` selects what
+``tlens_param_filter(bridge, "blocks.*.attn.*")`` selects (fused sources get no aliases there).
 """
 
 from __future__ import annotations
 
+import sys
+import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -43,7 +52,7 @@ from torch import nn
 from hessian_eigenthings.errors import InvalidArgumentError
 from hessian_eigenthings.param_utils import ParamFilter, match_names
 
-__all__ = ["TLensParamNames", "tlens_names", "tlens_param_filter"]
+__all__ = ["TLensParamNames", "tlens_names", "tlens_param_filter", "tlens_param_namer"]
 
 _WRAPPER = "_original_component"
 _PROJECTIONS = {"q": "Q", "k": "K", "v": "V", "o": "O"}
@@ -249,3 +258,68 @@ def tlens_param_filter(model: nn.Module, *patterns: str) -> ParamFilter:
 
     _filter.__name__ = f"tlens_param_filter({_described(patterns)})"
     return _filter
+
+
+# model → (its parameters' (raw name, id, device, data pointer), the namer's answer). Weak keys:
+# the cache never keeps a model alive.
+_Layout = tuple[tuple[str, int, str, int], ...]
+_namer_cache: weakref.WeakKeyDictionary[
+    nn.Module, tuple[_Layout, Mapping[str, tuple[str, ...]]]
+] = weakref.WeakKeyDictionary()
+
+
+def _is_transformer_lens_model(model: object) -> bool:
+    # A model of a transformer_lens class exists only once transformer_lens is imported; the
+    # module check keeps this free for every other model and never imports transformer_lens.
+    if "transformer_lens" not in sys.modules:
+        return False
+    return any(cls.__module__.split(".", 1)[0] == "transformer_lens" for cls in type(model).__mro__)
+
+
+def tlens_param_namer(model: nn.Module) -> Mapping[str, tuple[str, ...]] | None:
+    """The core's parameter namer for TransformerLens models (registered as ``"transformer_lens"``).
+
+    For a model of a TransformerLens class (``TransformerBridge``, ``HookedTransformer``, or a
+    subclass) it maps each raw parameter name to the other names :func:`tlens_names` gives it
+    (``aliases`` without the raw name itself); fused sources get none, so only a filter that
+    accepts their raw name selects them. For any other model it returns ``None`` without
+    importing anything. With it registered,
+    :func:`~hessian_eigenthings.select_parameters` (and so every operator's ``param_filter``)
+    matches ``match_names("blocks.*.attn")`` against these names.
+
+    Cost: a check of the model's class; for a TransformerLens model one :func:`tlens_names`
+    call, cached per model (weakly) and recomputed when its parameters (names, objects,
+    devices or memory) change, so a repeat costs one pass over ``named_parameters()``.
+
+    Example:
+        >>> from torch import nn
+        >>> from hessian_eigenthings_tlens import build_tlens_model, tlens_param_namer
+        >>> tlens_param_namer(nn.Linear(3, 2)) is None  # not a TransformerLens model
+        True
+        >>> model = build_tlens_model({"n_layers": 1, "d_model": 8, "d_head": 4, "n_heads": 2,
+        ...                            "n_ctx": 8, "d_vocab": 13, "d_mlp": 8, "act_fn": "gelu",
+        ...                            "normalization_type": "LN"}, dtype="float64")
+        >>> names = tlens_param_namer(model)
+        >>> raw = [name for name, _ in model.named_parameters()]
+        >>> names[raw[4]]
+        ('blocks.0.attn.W_Q', 'blocks.0.attn.q.weight', 'layers.0.attn.q.weight')
+        >>> from hessian_eigenthings import match_names, select_parameters
+        >>> len(select_parameters(model, match_names("blocks.*.attn.*")))  # Q, K, V, O + biases
+        8
+    """
+    if not _is_transformer_lens_model(model):
+        return None
+    layout: _Layout = tuple(
+        (raw, id(p), str(p.device), p.data_ptr()) for raw, p in model.named_parameters()
+    )
+    cached = _namer_cache.get(model)
+    if cached is not None and cached[0] == layout:
+        return cached[1]
+    answer = MappingProxyType(
+        {
+            raw: () if entry.fused_source else tuple(a for a in entry.aliases if a != raw)
+            for raw, entry in tlens_names(model).items()
+        }
+    )
+    _namer_cache[model] = (layout, answer)
+    return answer

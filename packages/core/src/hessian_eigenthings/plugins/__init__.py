@@ -17,7 +17,13 @@ from hessian_eigenthings.plugins.manager import (
 )
 from hessian_eigenthings.plugins.markers import PROJECT_NAME, hookimpl, hookspec
 from hessian_eigenthings.plugins.registry import Entry, Register, Registries, Registry
-from hessian_eigenthings.plugins.types import CEHvpBackend, CEHvpFn, CommandSpec, LoaderSpec
+from hessian_eigenthings.plugins.types import (
+    CEHvpBackend,
+    CEHvpFn,
+    CommandSpec,
+    LoaderSpec,
+    ParamNamer,
+)
 
 __all__ = [
     "DISABLE_AUTOLOAD_ENV",
@@ -27,6 +33,7 @@ __all__ = [
     "CommandSpec",
     "Entry",
     "LoaderSpec",
+    "ParamNamer",
     "PluginInfo",
     "Register",
     "Registries",

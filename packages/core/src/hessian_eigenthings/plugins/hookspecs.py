@@ -20,7 +20,12 @@ from hessian_eigenthings.plugins.markers import hookspec
 
 if TYPE_CHECKING:
     from hessian_eigenthings.plugins.registry import Register
-    from hessian_eigenthings.plugins.types import CEHvpBackend, CommandSpec, LoaderSpec
+    from hessian_eigenthings.plugins.types import (
+        CEHvpBackend,
+        CommandSpec,
+        LoaderSpec,
+        ParamNamer,
+    )
 
 __all__ = [
     "register_ce_hvp_backends",
@@ -28,6 +33,7 @@ __all__ = [
     "register_loaders",
     "register_loss_fns",
     "register_operators",
+    "register_param_namers",
 ]
 
 
@@ -62,3 +68,17 @@ def register_commands(register: Register[CommandSpec]) -> None:
 @hookspec
 def register_loaders(register: Register[LoaderSpec]) -> None:
     """Register model/data loaders the CLI offers: ``register("hf", LoaderSpec(...))``."""
+
+
+@hookspec
+def register_param_namers(register: Register[ParamNamer]) -> None:
+    """Register parameter namers: ``register("transformer_lens", namer)``.
+
+    A namer maps a model it knows to ``{raw parameter name: [other names]}`` and returns
+    ``None`` for any other model (see :data:`~hessian_eigenthings.plugins.ParamNamer`).
+    When a ``param_filter`` accepts none of the raw names,
+    :func:`~hessian_eigenthings.select_parameters` offers it those names, so a filter written
+    against the names users know selects the parameters whatever ``named_parameters()``
+    calls them. The first namer, in registration order, that returns a
+    mapping for a model is the one used.
+    """

@@ -28,7 +28,7 @@ Example:
     >>> sorted(name for name in hookspecs.__all__
     ...        if hasattr(getattr(hookspecs, name), PROJECT_NAME + "_spec"))
     ['register_ce_hvp_backends', 'register_commands', 'register_loaders', 'register_loss_fns',
-     'register_operators']
+     'register_operators', 'register_param_namers']
 """
 
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from hessian_eigenthings.errors import InvalidArgumentError, PluginError
-from hessian_eigenthings.plugins.types import CEHvpBackend, CommandSpec, LoaderSpec
+from hessian_eigenthings.plugins.types import CEHvpBackend, CommandSpec, LoaderSpec, ParamNamer
 
 __all__ = ["Entry", "Register", "Registries", "Registry"]
 
@@ -135,6 +135,7 @@ class Registries:
     operators: Registry[Any] = field(default_factory=lambda: Registry("operator"))
     commands: Registry[CommandSpec] = field(default_factory=lambda: Registry("command"))
     loaders: Registry[LoaderSpec] = field(default_factory=lambda: Registry("loader"))
+    param_namers: Registry[ParamNamer] = field(default_factory=lambda: Registry("parameter namer"))
 
     #: hook name → registry attribute
     HOOKS = (
@@ -143,6 +144,7 @@ class Registries:
         ("register_operators", "operators"),
         ("register_commands", "commands"),
         ("register_loaders", "loaders"),
+        ("register_param_namers", "param_namers"),
     )
 
     def by_plugin(self) -> dict[str, dict[str, list[str]]]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
-__all__ = ["CEHvpBackend", "CEHvpFn", "CommandSpec", "LoaderSpec"]
+__all__ = ["CEHvpBackend", "CEHvpFn", "CommandSpec", "LoaderSpec", "ParamNamer"]
 
 CEHvpFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, float], torch.Tensor]
 """``fn(logits (N, V), u (N, V), labels (N,), ignore_index, scale) -> (N, V)`` computing
@@ -130,3 +131,45 @@ class LoaderSpec:
     load_model: Callable[[str, argparse.Namespace], Any] | None = None
     load_data: Callable[[str, argparse.Namespace], Any] | None = None
     loss: Callable[[argparse.Namespace], Any] | None = None
+
+
+ParamNamer = Callable[[nn.Module], Mapping[str, Sequence[str]] | None]
+"""``namer(model) -> {raw name: [other names]}``, or ``None`` for a model it does not know.
+
+A plugin registers one with the ``register_param_namers`` hook to tell the core what else the
+parameters of models it knows are called. Keys are the names ``model.named_parameters()``
+reports; a parameter missing from the mapping has no other names. A ``param_filter`` that
+accepts none of the raw names is tried on these (see
+:func:`~hessian_eigenthings.select_parameters`), so ``match_names("blocks.*.attn")`` can
+select a wrapped model's attention parameters under the names users know. The namer may be
+called on any model whose filter selects no raw name, so it must answer ``None`` cheaply for
+other models (check the class before walking anything) and must not import heavy optional
+packages itself.
+
+Example:
+    A namer that knows one kind of model, registered in-process:
+
+    >>> from torch import nn
+    >>> from hessian_eigenthings import match_names, select_parameters
+    >>> from hessian_eigenthings.plugins import (
+    ...     get_plugin_manager, hookimpl, refresh_registries)
+    >>> class Net(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.fc = nn.Linear(3, 2)
+    ...         self.head = nn.Linear(2, 1)
+    >>> def net_namer(model):
+    ...     if not isinstance(model, Net):
+    ...         return None
+    ...     return {"fc.weight": ["encoder.W"], "fc.bias": ["encoder.b"]}
+    >>> class NetNames:
+    ...     @hookimpl
+    ...     def register_param_namers(self, register):
+    ...         register("net", net_namer, description="encoder.* names for Net")
+    >>> _ = get_plugin_manager().register(NetNames(), name="net-names")
+    >>> _ = refresh_registries()
+    >>> [name for name, _ in select_parameters(Net(), match_names("encoder.*"))]
+    ['fc.weight', 'fc.bias']
+    >>> _ = get_plugin_manager().unregister(name="net-names")
+    >>> _ = refresh_registries()
+"""
