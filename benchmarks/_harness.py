@@ -57,12 +57,18 @@ def peak_tensor_bytes(fn: Callable[[], Any]) -> int:
         prof.export_chrome_trace(path)
         with open(path) as f:
             events = json.load(f)["traceEvents"]
-    totals = [
-        int(e["args"]["Total Allocated"])
+    memory = [
+        e["args"]
         for e in events
         if e.get("name") == "[memory]" and "Total Allocated" in e.get("args", {})
     ]
-    return max([0, *totals])
+    if not memory:
+        return 0
+    # The profiler's running total is not reset between profiles (it can carry what an earlier
+    # workload in this process left allocated), so measure from the total before fn's first
+    # allocation.
+    start = int(memory[0]["Total Allocated"]) - int(memory[0]["Bytes"])
+    return max(0, *(int(m["Total Allocated"]) - start for m in memory))
 
 
 def emit(record: Mapping[str, Any]) -> None:
