@@ -223,3 +223,22 @@ def test_answers_are_cached_per_model_and_follow_parameter_changes(kind: Any) ->
     del model, first, again
     gc.collect()
     assert ref() is None
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_cli_params_accept_transformer_lens_names(kind: Any) -> None:
+    """``eigenthings --params`` resolves each glob on its own: raw or TransformerLens names, in
+    one call; a glob matching neither is an error naming it."""
+    from hessian_eigenthings_cli.analysis import param_filter_for
+    from hessian_eigenthings_cli.errors import CLIError
+
+    model = tiny_model(kind)
+    raw = [name for name, _ in model.named_parameters()]
+    keep = param_filter_for(model, ["blocks.*.attn.*", raw[0]])
+    assert keep is not None
+    attention = tlens_param_filter(model, "blocks.*.attn.*")
+    params = dict(model.named_parameters())
+    want = [n for n in raw if attention(n, params[n]) or n == raw[0]]
+    assert [n for n in raw if keep(n, params[n])] == want
+    with pytest.raises(CLIError, match=r"--params 'no_such\.\*' matches no trainable parameter"):
+        param_filter_for(model, ["no_such.*"])

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from hessian_eigenthings.errors import EigenthingsError
+from hessian_eigenthings.errors import EigenthingsError, InvalidArgumentError
 from hessian_eigenthings.operators import CurvatureOperator
 from hessian_eigenthings.operators.batching import map_tensors, move_to_device
-from hessian_eigenthings.param_utils import ParamFilter, match_names
+from hessian_eigenthings.param_utils import ParamFilter, match_names, select_parameters
 from hessian_eigenthings.plugins import Entry, LoaderSpec, get_registries
 from hessian_eigenthings_cli.errors import CLIError, UsageError
 from hessian_eigenthings_cli.loading import load_data, load_model
@@ -278,20 +278,27 @@ def _missing(what: str, option: str) -> str:
 
 
 def param_filter_for(model: nn.Module, patterns: list[str]) -> ParamFilter | None:
-    """``match_names(*patterns)``, after checking every pattern selects something."""
+    """The parameters any pattern selects, after checking every pattern selects something.
+
+    Each pattern is resolved on its own with :func:`select_parameters` (raw names, or a
+    plugin's names such as TransformerLens ones when it matches no raw name), so patterns of
+    both kinds can be given together.
+    """
     if not patterns:
         return None
-    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    names = [name for name, _ in trainable]
+    chosen: set[str] = set()
     for pattern in patterns:
-        matches = match_names(pattern)
-        if not any(matches(name, p) for name, p in trainable):
-            shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        try:
+            chosen |= {name for name, _ in select_parameters(model, match_names(pattern))}
+        except InvalidArgumentError as err:
             raise CLIError(
-                f"--params {pattern!r} matches no trainable parameter of the model; its "
-                f"parameters are: {shown or 'none'}"
-            )
-    return match_names(*patterns)
+                f"--params {pattern!r} matches no trainable parameter of the model ({err})"
+            ) from None
+
+    def selected(name: str, param: object = None) -> bool:
+        return name in chosen
+
+    return selected
 
 
 def _operator_kwargs(items: list[str]) -> dict[str, Any]:
