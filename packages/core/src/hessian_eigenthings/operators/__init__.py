@@ -18,7 +18,7 @@ from hessian_eigenthings.operators.ggn_diagonal import ggn_diagonal
 from hessian_eigenthings.operators.hessian import HessianOperator
 from hessian_eigenthings.operators.kfac import EKFACOperator, KFACInverseOperator, KFACOperator
 from hessian_eigenthings.operators.lambda_operator import LambdaOperator
-from hessian_eigenthings.operators.model_operator import ModelCurvatureOperator
+from hessian_eigenthings.operators.model_operator import ModelCurvatureOperator, ProductSink
 
 __all__ = [
     "BUILTIN_OPERATORS",
@@ -38,6 +38,7 @@ __all__ = [
     "KFACOperator",
     "LambdaOperator",
     "ModelCurvatureOperator",
+    "ProductSink",
     "as_operator",
     "ggn_diagonal",
 ]

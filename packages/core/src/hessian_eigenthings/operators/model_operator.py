@@ -66,6 +66,28 @@ class ProductSink:
     batches), so a subclass records its graph-building code under :meth:`recording_graph` and
     the first backward streams only if the tensors autograd saved there take fewer bytes than
     the buffer will.
+
+    Example:
+        A subclass whose per-batch product is the gradient outer product g gᵀ v hands its
+        block to the sink as a backward of ⟨g, v⟩ (no graph is recorded, so it streams):
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from hessian_eigenthings.operators import ModelCurvatureOperator, ProductSink
+        >>> class GradientOuterProduct(ModelCurvatureOperator):
+        ...     def batch_accumulate(self, batch, V, sink: ProductSink):
+        ...         loss = self.model(batch).pow(2).mean()
+        ...         g = torch.autograd.grad(loss, self.params)
+        ...         for j in range(sink.m):  # column j: (g·v_j) ∂loss/∂θ
+        ...             gv = sum((gi * vi[j]).sum() for gi, vi in zip(g, V))
+        ...             sink.add_gradient(j, self.model(batch).pow(2).mean() * gv.detach())
+        >>> model = nn.Linear(2, 1, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.copy_(torch.tensor([[1.0, 2.0]]))
+        >>> x = torch.tensor([[1.0, 0.0]])  # loss = w₁², g = (2, 0)
+        >>> op = GradientOuterProduct(model, [x])
+        >>> op @ torch.tensor([1.0, 1.0])  # g gᵀ v = (2, 0)·2
+        tensor([4., 0.])
     """
 
     def __init__(self, params: Sequence[torch.Tensor], m: int, dtype: torch.dtype) -> None:
