@@ -11,6 +11,8 @@ rounding of the output to bfloat16 (float16) is up to 3.9e-3 (4.9e-4) relative.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -87,8 +89,17 @@ def autograd_ce_hvp(
 
 @pytest.fixture
 def no_interpret(monkeypatch: pytest.MonkeyPatch) -> None:
-    """CPU tensors must not be offered to the Triton plugin's interpreter mode."""
+    """CPU tensors must not be offered to the Triton plugin's interpreter mode, and ``auto``
+    considers ``compile`` at any size (these tests' inputs are small; the size threshold has
+    its own test)."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    entries = get_registries().ce_hvp_backends._entries
+    entry = entries["compile"]
+    monkeypatch.setitem(
+        entries,
+        "compile",
+        dataclasses.replace(entry, obj=dataclasses.replace(entry.obj, min_auto_elements=0)),
+    )
 
 
 # -- the oracle ------------------------------------------------------------------------------
@@ -386,6 +397,21 @@ def test_auto_picks_compile_for_cpu_tensors(no_interpret: None) -> None:
     out = ce_hvp(logits, u, labels)
     ref = ce_hvp(logits, u, labels, fused="eager")
     assert hvp_err(out, ref, logits, u) <= TOL[torch.float32]
+
+
+def test_auto_compiles_only_inputs_large_enough_to_repay_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Compiling costs seconds once; ``auto`` takes ``eager`` below COMPILE_MIN_AUTO_ELEMENTS
+    logits, ``compile`` from there up, and an explicit ``fused="compile"`` at any size."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    limit = compiled_mod.COMPILE_MIN_AUTO_ELEMENTS
+    assert get_registries().ce_hvp_backends.get("compile").min_auto_elements == limit
+    small = torch.zeros(1, limit - 1)
+    large = torch.zeros(1, limit)
+    assert resolve_ce_hvp_backend("auto", small, small)[0] == "eager"
+    assert resolve_ce_hvp_backend("auto", large, large)[0] == "compile"
+    assert resolve_ce_hvp_backend("compile", small, small)[0] == "compile"
 
 
 def test_auto_picks_eager_for_dtypes_nothing_else_serves(no_interpret: None) -> None:

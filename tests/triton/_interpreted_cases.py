@@ -147,6 +147,9 @@ def test_float64_is_refused_with_a_reason() -> None:
     reason = plugin.supports(x, x)
     assert reason is not None
     assert "float64" in reason
-    assert resolve_ce_hvp_backend("auto", x, x)[0] == "compile"
+    # auto passes triton over; compile next, for inputs large enough to repay compiling
+    large = torch.zeros(1, 1 << 22, dtype=torch.float64)
+    assert resolve_ce_hvp_backend("auto", large, large)[0] == "compile"
+    assert resolve_ce_hvp_backend("auto", x, x)[0] == "eager"
     with pytest.raises(InvalidArgumentError, match=r"fused='triton' cannot serve.*float64"):
         resolve_ce_hvp_backend("triton", x, x)

@@ -40,7 +40,8 @@ def test_plugin_loading_and_cpu_dispatch_never_import_triton() -> None:
 
         registry = get_registries().ce_hvp_backends
         assert registry.entry("triton").plugin == "hessian-eigenthings-triton", registry.names()
-        x = torch.zeros(3, 5)
+        # large enough that auto considers compile (COMPILE_MIN_AUTO_ELEMENTS logits)
+        x = torch.zeros(1, 1 << 22)
         reason = registry.get("triton").supports(x, x)
         assert reason is not None and "CUDA" in reason, reason
         name, _ = resolve_ce_hvp_backend("auto", x, x)

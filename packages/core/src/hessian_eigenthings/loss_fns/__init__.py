@@ -11,6 +11,7 @@ from typing import Any
 
 from hessian_eigenthings.loss_fns.ce_hvp import ce_hvp, ce_hvp_eager, resolve_ce_hvp_backend
 from hessian_eigenthings.loss_fns.ce_hvp_compiled import (
+    COMPILE_MIN_AUTO_ELEMENTS,
     COMPILE_PRIORITY,
     compiled_ce_hvp,
     compiled_ce_hvp_supports,
@@ -79,7 +80,12 @@ BUILTIN_CE_HVP_BACKENDS: dict[str, tuple[CEHvpBackend, str]] = {
         "plain PyTorch reference; several (N, V) temporaries",
     ),
     "compile": (
-        CEHvpBackend(compiled_ce_hvp, COMPILE_PRIORITY, compiled_ce_hvp_supports),
+        CEHvpBackend(
+            compiled_ce_hvp,
+            COMPILE_PRIORITY,
+            compiled_ce_hvp_supports,
+            min_auto_elements=COMPILE_MIN_AUTO_ELEMENTS,
+        ),
         "torch.compile-fused row formula; the output is its only (N, V) buffer",
     ),
 }

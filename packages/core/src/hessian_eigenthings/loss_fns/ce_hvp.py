@@ -20,8 +20,9 @@ Backends (name, priority, where it runs, extra (N, V) memory):
 
 ``fused="auto"`` asks the registered backends from the highest priority down whether they can
 serve the tensors (``CEHvpBackend.supports``) and takes the first that can: ``triton`` for CUDA
-tensors where the plugin is installed, else ``compile`` where torch.compile can run, else
-``eager``. A backend named explicitly must be able to serve them, otherwise the call raises
+tensors where the plugin is installed, else ``compile`` where torch.compile can run and the
+logits are large enough to repay compiling (``CEHvpBackend.min_auto_elements``: 4M logits),
+else ``eager``. A backend named explicitly must be able to serve them, otherwise the call raises
 with that backend's reason; there is no silent fallback.
 """
 
@@ -161,6 +162,11 @@ def resolve_ce_hvp_backend(
         ranked = sorted(registry, key=lambda e: -e.obj.priority)
         reasons = []
         for entry in ranked:
+            if logits.numel() < entry.obj.min_auto_elements:
+                reasons.append(
+                    f"{entry.name}: not worth it below {entry.obj.min_auto_elements} logits"
+                )
+                continue
             reason = entry.obj.supports(logits, u)
             if reason is None:
                 return entry.name, entry.obj

@@ -45,10 +45,21 @@ import torch
 
 from hessian_eigenthings.loss_fns.ce_hvp import ce_hvp_eager, row_weights, traced_reason
 
-__all__ = ["COMPILE_PRIORITY", "compiled_ce_hvp", "compiled_ce_hvp_supports"]
+__all__ = [
+    "COMPILE_MIN_AUTO_ELEMENTS",
+    "COMPILE_PRIORITY",
+    "compiled_ce_hvp",
+    "compiled_ce_hvp_supports",
+]
 
 #: Above ``eager`` (0), below plugin kernels such as ``triton`` (20).
 COMPILE_PRIORITY = 10
+
+#: ``fused="auto"`` uses ``compile`` only from this many logits (N·V) up: compiling costs
+#: seconds once per process (8–16 s measured on a 2-core CPU), while below ~4M logits the
+#: eager formula's five (N, V) temporaries take at most ~80 MiB in float32 and a few tens of
+#: milliseconds per product. ``fused="compile"`` uses it at any size.
+COMPILE_MIN_AUTO_ELEMENTS = 1 << 22
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _Key = tuple[str, torch.dtype, torch.dtype]

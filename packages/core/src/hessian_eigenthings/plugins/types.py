@@ -44,7 +44,8 @@ class CEHvpBackend:
 
     ``supports(logits, u)`` returns ``None`` when the backend can serve these tensors, else a
     short reason (shown when the user named this backend explicitly). ``fused="auto"`` picks
-    the available backend with the highest ``priority``.
+    the available backend with the highest ``priority`` among those whose
+    ``min_auto_elements`` the logits reach.
 
     Example:
         A plugin backend (here the eager reference again) that serves CPU tensors only:
@@ -73,6 +74,10 @@ class CEHvpBackend:
     fn: CEHvpFn
     priority: int
     supports: Callable[[torch.Tensor, torch.Tensor], str | None]
+    #: ``fused="auto"`` passes this backend over for logits with fewer elements (a backend
+    #: with a one-time cost, e.g. compilation, that only pays off on large inputs); naming
+    #: it explicitly still uses it.
+    min_auto_elements: int = 0
 
 
 @dataclass(frozen=True)
