@@ -156,7 +156,16 @@ def test_plugins_json_lists_what_each_plugin_registers(runs: Runs) -> None:
     assert "triton" in {e["name"] for e in triton["ce_hvp_backends"]}
     hf = plugins["hessian-eigenthings-hf"]["registers"]
     assert "hf_lm_loss" in {e["name"] for e in hf["loss_fns"]}
+    tlens = plugins["hessian-eigenthings-tlens"]["registers"]
+    assert [e["name"] for e in tlens["param_namers"]] == ["transformer_lens"]
     assert doc["load_failures"] == []
+
+
+def test_plugins_command_covers_every_registry() -> None:
+    from hessian_eigenthings.plugins.registry import Registries
+    from hessian_eigenthings_cli.commands.plugins import KINDS
+
+    assert set(KINDS) == {attr for _, attr in Registries.HOOKS}
 
 
 def test_cli_commands_exist_with_plugin_autoload_disabled(runs: Runs) -> None:

@@ -21,6 +21,7 @@ KINDS = {
     "operators": "operators",
     "commands": "commands",
     "loaders": "loaders",
+    "param_namers": "parameter namers",
 }
 
 
