@@ -302,3 +302,23 @@ def test_streamed_backward_leaves_no_hooks_also_when_it_raises() -> None:
     assert all(not p._backward_hooks for p in model.parameters())
     _assert_unchanged(model, snap)
     assert rel_err(op.matvec(v), expected) <= TOL
+
+
+def test_callers_saved_tensor_hooks_stay_in_force() -> None:
+    """The product measures its graph with saved-tensor hooks of its own; under the caller's
+    (activation offloading, e.g. save_on_cpu) it must not push them, or theirs would stop."""
+    case = mlp()
+    batches = case.batches[:1]  # one batch: the one whose graph the product would measure
+    op = GGNOperator(case.model, batches, case.forward, analytical_loss(case))
+    v = torch.randn(op.size, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    expected = op.matvec(v)
+    packed = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        packed[0] += 1
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        got = GGNOperator(case.model, batches, case.forward, analytical_loss(case)).matvec(v)
+    assert packed[0] > 0
+    assert rel_err(got, expected) <= TOL

@@ -19,6 +19,7 @@ input/output checks, and restoring the model's state after every product.
 
 from __future__ import annotations
 
+import sys
 from abc import ABC
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -111,9 +112,17 @@ class ProductSink:
     def recording_graph(self) -> Iterator[None]:
         """Count the bytes of the tensors autograd saves inside (while the sum is fresh).
 
-        Storages are counted once, and the parameters' own storages not at all.
+        Storages are counted once, and the parameters' own storages not at all. Under saved-
+        tensor hooks of the caller's (e.g. ``torch.autograd.graph.save_on_cpu``) nothing is
+        recorded, since pushing ours would switch theirs off; the first backward then does not
+        stream.
         """
         if not self.fresh:
+            yield
+            return
+        top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+        if top is None or top(False) is not None:
+            self._graph_bytes = sys.maxsize  # unknown: keep the first backward unstreamed
             yield
             return
         seen = {p.untyped_storage().data_ptr() for p in self.params}
