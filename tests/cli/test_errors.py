@@ -153,3 +153,12 @@ def test_debug_shows_the_traceback(
 def test_schema_path_names_the_shipped_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["schema", "--path"]) == 0
     assert Path(capsys.readouterr().out.strip()) == SCHEMA
+
+
+@pytest.mark.parametrize("flag", ["--version", "--help"])
+def test_main_returns_zero_for_version_and_help(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """main() returns its exit status (argparse's SystemExit(0) does not escape)."""
+    assert main([flag]) == 0
+    assert "eigenthings" in capsys.readouterr().out

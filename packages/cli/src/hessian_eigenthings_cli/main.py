@@ -192,6 +192,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             print(f"{PROG}: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
+        except SystemExit as done:  # argparse's --help and --version
+            code = done.code
+            if code is None or isinstance(code, int):
+                return code or 0
+            print(code, file=sys.stderr)
+            return EXIT_ERROR
         except BrokenPipeError:
             # The reader went away (`eigenthings ... | head`): stop quietly, and keep Python
             # from complaining again when it flushes stdout at exit.
