@@ -19,6 +19,7 @@ input/output checks, and restoring the model's state after every product.
 
 from __future__ import annotations
 
+import itertools
 import sys
 from abc import ABC
 from collections.abc import Callable, Iterator, Sequence
@@ -95,12 +96,13 @@ class ProductSink:
         self.params = tuple(params)
         self.shapes = [p.shape for p in self.params]
         self.numels = [p.numel() for p in self.params]
-        self.offsets = [sum(self.numels[:i]) for i in range(len(self.numels))]
+        self.offsets = [0, *itertools.accumulate(self.numels)][:-1]
         self.m = m
         device = self.params[0].device if self.params else torch.device("cpu")
         self.buffer = torch.empty(0, dtype=dtype, device=device)
         self.weight = 1.0
         self._written = [[False] * m for _ in self.shapes]
+        self._unwritten = len(self.shapes) * m  # blocks not yet written (result() zeroes them)
         self._graph_bytes = 0
 
     @property
@@ -156,6 +158,7 @@ class ProductSink:
             if self.weight != 1.0:
                 target.mul_(self.weight)
             self._written[i][j] = True
+            self._unwritten -= 1
 
     def add_blocks(self, blocks: Sequence[torch.Tensor | None]) -> None:
         """``sum += weight · blocks`` for per-parameter (m, *shape) blocks (``None`` = zero)."""
@@ -232,11 +235,13 @@ class ProductSink:
 
     def result(self) -> torch.Tensor:
         """The (n, m) sum so far, with never-written blocks zeroed (they were all zero)."""
-        for i, columns in enumerate(self._written):
-            for j, done in enumerate(columns):
-                if not done:
-                    self._rows(i)[:, j].zero_()
-                    columns[j] = True
+        if self._unwritten:  # once all are written (usually after the first batch): O(1)
+            for i, columns in enumerate(self._written):
+                for j, done in enumerate(columns):
+                    if not done:
+                        self._rows(i)[:, j].zero_()
+                        columns[j] = True
+            self._unwritten = 0
         if self.buffer.numel() == 0:  # m = 0
             self.buffer.resize_(sum(self.numels), self.m)
         return self.buffer
