@@ -43,7 +43,14 @@ from hessian_eigenthings.errors import InvalidArgumentError
 if TYPE_CHECKING:
     from hessian_eigenthings.operators.model_operator import ProductSink
 
-__all__ = ["Blocks", "BoundFunction", "ModelFunction", "ModelJacobian", "is_vmap_failure"]
+__all__ = [
+    "Blocks",
+    "BoundFunction",
+    "Linearization",
+    "ModelFunction",
+    "ModelJacobian",
+    "is_vmap_failure",
+]
 
 Blocks: TypeAlias = list[torch.Tensor | None]
 #: ``fn(model, batch) -> tensor``
@@ -156,23 +163,16 @@ class ModelJacobian:
 
     def _jvp_by_double_vjp(self, out: torch.Tensor, V: Sequence[torch.Tensor]) -> torch.Tensor:
         """J v = ∂/∂w ⟨Jᵀ w, v⟩, for graphs with ops that lack forward-mode derivatives."""
+        return self.linearize(out).jvp(V)
+
+    def linearize(self, out: torch.Tensor) -> Linearization:
+        """The graphs for J v and Jᵀ u at ``out`` (which must carry :meth:`output`'s graph)."""
         w = torch.zeros_like(out, requires_grad=True)
+        if not out.requires_grad:  # nothing depends on the parameters
+            return Linearization(out, w, [])
         grads = torch.autograd.grad(out, self.params, w, create_graph=True, allow_unused=True)
-        live = [(g, i) for i, g in enumerate(grads) if g is not None and g.requires_grad]
-        m = V[0].shape[0]
-        if not live:
-            return torch.zeros(m, *out.shape, dtype=out.dtype, device=out.device)
-        cols = []
-        for j in range(m):
-            (col,) = torch.autograd.grad(
-                [g for g, _ in live],
-                w,
-                [V[i][j] for _, i in live],
-                retain_graph=True,
-                allow_unused=True,
-            )
-            cols.append(torch.zeros_like(out) if col is None else col)
-        return torch.stack(cols).detach()
+        live = [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        return Linearization(out, w, live)
 
     # -- Jᵀ W -----------------------------------------------------------------------------------
 
@@ -195,15 +195,50 @@ class ModelJacobian:
             return [None if g is None else g.unsqueeze(0) for g in cols[0]]
         return _stack_columns(cols, self.params)
 
-    def vjp_into(self, out: torch.Tensor, W: torch.Tensor, sink: ProductSink) -> None:
+    def vjp_into(
+        self, out: torch.Tensor, W: torch.Tensor, sink: ProductSink, *, retain: bool = False
+    ) -> None:
         """``sink += sink.weight · Jᵀ W[j]`` for every direction j, each parameter's block
         streamed into the sum as the backward produces it (:meth:`ProductSink.add_gradient`);
-        same arithmetic as :meth:`vjp` without its n-sized result."""
+        same arithmetic as :meth:`vjp` without its n-sized result. ``retain`` keeps ``out``'s
+        graph for later products."""
         if not out.requires_grad:  # nothing depends on the parameters: zero blocks
             return
         m = W.shape[0]
         for j in range(m):
-            sink.add_gradient(j, out, W[j], retain_graph=j < m - 1)
+            sink.add_gradient(j, out, W[j], retain_graph=retain or j < m - 1)
+
+
+class Linearization:
+    """z = fn(θ) with the graphs of Jᵀ w (w a zero dummy) and of z: J v = ∂⟨Jᵀw, v⟩/∂w by a
+    backward through the first, Jᵀ u by a backward through the second; both are retained, so
+    the pair serves any number of products. Memory: the forward's saved tensors plus those
+    of the Jᵀ w backward (about a training step's activations twice)."""
+
+    def __init__(
+        self, out: torch.Tensor, w: torch.Tensor, live: list[tuple[int, torch.Tensor]]
+    ) -> None:
+        self.out = out
+        self.z = out.detach()
+        self.w = w
+        self.live = live
+
+    def jvp(self, V: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The (m, *z.shape) products J V[:, j], by one backward each (graphs retained)."""
+        m = V[0].shape[0]
+        if not self.live:
+            return torch.zeros(m, *self.z.shape, dtype=self.z.dtype, device=self.z.device)
+        cols = []
+        for j in range(m):
+            (col,) = torch.autograd.grad(
+                [g for _, g in self.live],
+                self.w,
+                [V[i][j] for i, _ in self.live],
+                retain_graph=True,
+                allow_unused=True,
+            )
+            cols.append(torch.zeros_like(self.z) if col is None else col)
+        return torch.stack(cols).detach()
 
 
 def _stack_columns(

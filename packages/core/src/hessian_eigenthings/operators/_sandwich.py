@@ -19,7 +19,13 @@ from torch import nn
 
 from hessian_eigenthings.errors import InvalidArgumentError
 from hessian_eigenthings.linalg import LinAlgBackend
-from hessian_eigenthings.operators._jacobian import Blocks, ModelFunction, ModelJacobian
+from hessian_eigenthings.operators._jacobian import (
+    Blocks,
+    Linearization,
+    ModelFunction,
+    ModelJacobian,
+)
+from hessian_eigenthings.operators.graph_reuse import ReuseGraph
 from hessian_eigenthings.operators.model_operator import ModelCurvatureOperator, ProductSink
 from hessian_eigenthings.param_utils import ParamFilter
 
@@ -55,6 +61,7 @@ class SandwichOperator(ModelCurvatureOperator):
         backend: LinAlgBackend | None,
         process_group: Any,
         jvp: JvpPass = "separate",
+        reuse_graph: ReuseGraph = "auto",
     ) -> None:
         if jvp not in ("separate", "shared"):
             raise InvalidArgumentError(
@@ -71,6 +78,7 @@ class SandwichOperator(ModelCurvatureOperator):
             num_total_samples=num_total_samples,
             backend=backend,
             process_group=process_group,
+            reuse_graph=reuse_graph,
         )
         self.jacobian = ModelJacobian(self.model, fn, self.space.names, self.params, what)
         self.jvp: JvpPass = jvp
@@ -90,15 +98,30 @@ class SandwichOperator(ModelCurvatureOperator):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(z with its graph, M J V): the backward's start and its (m, *z.shape) cotangents."""
         z, JV, graph = self.jacobian.jvp(batch, V, shared=self.jvp == "shared")
+        MJV = self._output_product(z, batch, JV)
+        del JV, z  # output-sized: not alive during the backward that follows
+        out = graph if graph is not None else self.jacobian.output(batch)
+        return out, MJV.to(out.dtype)
+
+    def _output_product(self, z: torch.Tensor, batch: Any, JV: torch.Tensor) -> torch.Tensor:
         MJV = self.output_matmat(z, batch, JV)
         if MJV.shape != JV.shape:
             raise InvalidArgumentError(
                 f"the output-space product of batch {self.batch_index} has shape "
                 f"{tuple(MJV.shape[1:])}, but the output has shape {tuple(z.shape)}"
             )
-        del JV, z  # output-sized: not alive during the backward that follows
-        out = graph if graph is not None else self.jacobian.output(batch)
-        return out, MJV.to(out.dtype)
+        return MJV
+
+    def batch_linearize(self, batch: Any) -> Linearization:
+        """z with the graphs of J v and Jᵀ u (kept for ``reuse_graph``): later products are
+        a backward for J V and one for Jᵀ(M J V), with no forward pass."""
+        return self.jacobian.linearize(self.jacobian.output(batch))
+
+    def linearized_accumulate(
+        self, lin: Linearization, batch: Any, V: Sequence[torch.Tensor], sink: ProductSink
+    ) -> None:
+        MJV = self._output_product(lin.z, batch, lin.jvp(V))
+        self.jacobian.vjp_into(lin.out, MJV.to(lin.out.dtype), sink, retain=True)
 
     def batch_matmat(self, batch: Any, V: Sequence[torch.Tensor]) -> Blocks:
         return self.jacobian.vjp(*self.batch_cotangents(batch, V))

@@ -41,7 +41,7 @@ samples; other tensors (and non-tensors) are shared by all samples.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -51,9 +51,10 @@ from torch.utils import _pytree as pytree
 
 from hessian_eigenthings.errors import InvalidArgumentError
 from hessian_eigenthings.linalg import LinAlgBackend
-from hessian_eigenthings.operators._jacobian import Blocks, is_vmap_failure
+from hessian_eigenthings.operators._jacobian import Blocks, Linearization, is_vmap_failure
 from hessian_eigenthings.operators._sandwich import JvpPass, SandwichOperator, check_callable
 from hessian_eigenthings.operators.batching import iter_tensors
+from hessian_eigenthings.operators.graph_reuse import ReuseGraph
 from hessian_eigenthings.operators.model_operator import ProductSink
 from hessian_eigenthings.param_utils import ParamFilter
 
@@ -156,8 +157,8 @@ class EmpiricalFisherOperator(SandwichOperator):
             forward less per product, but up to ~2.7× a gradient's memory).
 
     The keyword arguments ``param_filter``, ``full_dataset``, ``num_batches``,
-    ``microbatch_size``, ``num_total_samples``, ``backend`` and ``process_group`` are those of
-    every model operator
+    ``microbatch_size``, ``num_total_samples``, ``backend``, ``process_group`` and
+    ``reuse_graph`` are those of every model operator
     (:class:`~hessian_eigenthings.operators.model_operator.ModelCurvatureOperator`).
 
     Example:
@@ -206,6 +207,7 @@ class EmpiricalFisherOperator(SandwichOperator):
         backend: LinAlgBackend | None = None,
         process_group: Any = None,
         jvp: JvpPass = "separate",
+        reuse_graph: ReuseGraph = "auto",
     ) -> None:
         if isinstance(sample_dim, bool) or not isinstance(sample_dim, int) or sample_dim < 0:
             raise InvalidArgumentError(f"sample_dim must be an int ≥ 0, got {sample_dim!r}")
@@ -260,6 +262,7 @@ class EmpiricalFisherOperator(SandwichOperator):
             num_total_samples=num_total_samples,
             backend=backend,
             process_group=process_group,
+            reuse_graph=reuse_graph,
             jvp=jvp,
         )
         self.loss_fn = loss_fn
@@ -293,6 +296,30 @@ class EmpiricalFisherOperator(SandwichOperator):
         else:
             super().batch_accumulate(batch, V, sink)
 
+    def batch_linearize(self, batch: Any) -> Any:  # Linearization | _SampleGradients
+        """Kept for ``reuse_graph``: the per-sample gradients of a batch small enough for the
+        explicit route (N gradients, then no autograd at all per product), else z with the
+        graphs of J v and Jᵀ u."""
+        explicit = self._explicit_route(batch)
+        if explicit is None:
+            return super().batch_linearize(batch)
+        return _SampleGradients(list(self._sample_gradients(*explicit, batch)))
+
+    def linearized_accumulate(
+        self,
+        lin: Linearization | _SampleGradients,
+        batch: Any,
+        V: Sequence[torch.Tensor],
+        sink: ProductSink,
+    ) -> None:
+        if isinstance(lin, Linearization):
+            super().linearized_accumulate(lin, batch, V, sink)
+            return
+        out: Blocks = [None] * len(V)
+        for g in lin.grads:
+            _fold(out, g, V, 1 / len(lin.grads))
+        sink.add_blocks(out)
+
     def _explicit_route(self, batch: Any) -> tuple[_PerSampleLosses, int] | None:
         """(losses, N) when this batch is small enough for one gradient per sample."""
         losses = self.jacobian.fn
@@ -312,10 +339,24 @@ class EmpiricalFisherOperator(SandwichOperator):
         memory is a gradient's plus the output.
         """
         out: Blocks = [None] * len(V)
+        for g in self._sample_gradients(losses, n, batch):
+            _fold(out, g, V, 1 / n)
+        return out
+
+    def _sample_gradients(
+        self, losses: _PerSampleLosses, n: int, batch: Any
+    ) -> Iterator[tuple[torch.Tensor | None, ...]]:
+        """gᵢ = ∇ℓᵢ for each of the batch's n samples, one ordinary backward each."""
         for i in range(n):
             loss = losses.checked(losses.per_sample_loss_fn(self.model, losses.sample(batch, i, n)))
-            _fold(out, torch.autograd.grad(loss, self.params, allow_unused=True), V, 1 / n)
-        return out
+            yield torch.autograd.grad(loss, self.params, allow_unused=True)
+
+
+class _SampleGradients:
+    """The N per-sample gradients of a tiny batch (the explicit route's linearisation)."""
+
+    def __init__(self, grads: list[tuple[torch.Tensor | None, ...]]) -> None:
+        self.grads = grads
 
 
 def _fold(

@@ -41,9 +41,12 @@ from torch import nn
 
 from hessian_eigenthings.errors import InvalidArgumentError
 from hessian_eigenthings.linalg import LinAlgBackend, make_generator
+from hessian_eigenthings.operators._jacobian import Linearization
 from hessian_eigenthings.operators._sandwich import JvpPass, SandwichOperator, check_callable
 from hessian_eigenthings.operators.batching import batch_leading_size, resolve_batch_weight
 from hessian_eigenthings.operators.ggn import ForwardFn, LossOfOutputFn
+from hessian_eigenthings.operators.graph_reuse import ReuseGraph
+from hessian_eigenthings.operators.model_operator import ProductSink
 from hessian_eigenthings.param_utils import ParamFilter
 
 __all__ = ["FisherOperator", "FisherType"]
@@ -90,8 +93,8 @@ class FisherOperator(SandwichOperator):
             forward less per product, but up to ~2.7× a gradient's memory).
 
     The keyword arguments ``param_filter``, ``full_dataset``, ``num_batches``,
-    ``microbatch_size``, ``num_total_samples``, ``backend`` and ``process_group`` are those of
-    every model operator
+    ``microbatch_size``, ``num_total_samples``, ``backend``, ``process_group`` and
+    ``reuse_graph`` are those of every model operator
     (:class:`~hessian_eigenthings.operators.model_operator.ModelCurvatureOperator`).
 
     Example:
@@ -139,6 +142,7 @@ class FisherOperator(SandwichOperator):
         backend: LinAlgBackend | None = None,
         process_group: Any = None,
         jvp: JvpPass = "separate",
+        reuse_graph: ReuseGraph = "auto",
     ) -> None:
         check_callable(forward_fn, "forward_fn", "forward_fn(model, batch) -> output tensor")
         check_callable(
@@ -174,6 +178,7 @@ class FisherOperator(SandwichOperator):
             num_total_samples=num_total_samples,
             backend=backend,
             process_group=process_group,
+            reuse_graph=reuse_graph,
             jvp=jvp,
         )
         self.forward_fn = forward_fn
@@ -203,16 +208,28 @@ class FisherOperator(SandwichOperator):
     def batch_weight(self, batch: Any) -> float:
         return super().batch_weight(batch[3] if self.fisher_type == "mc" else batch)
 
-    def batch_cotangents(
-        self, batch: Any, V: Sequence[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _inner(self, batch: Any) -> Any:
+        """The model's batch (MC: unwrapped, with its index and rows noted for the draws)."""
         if self.fisher_type != "mc":
-            return super().batch_cotangents(batch, V)
+            return batch
         index, n, rows, inner = batch
         self._rows = rows
         self._total = int(n)
         self._index = int(index)
-        return super().batch_cotangents(inner, V)
+        return inner
+
+    def batch_cotangents(
+        self, batch: Any, V: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return super().batch_cotangents(self._inner(batch), V)
+
+    def batch_linearize(self, batch: Any) -> Linearization:
+        return super().batch_linearize(self._inner(batch))
+
+    def linearized_accumulate(
+        self, lin: Linearization, batch: Any, V: Sequence[torch.Tensor], sink: ProductSink
+    ) -> None:
+        super().linearized_accumulate(lin, self._inner(batch), V, sink)
 
     # -- output space ----------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from hessian_eigenthings.linalg import LinAlgBackend
 from hessian_eigenthings.operators._jacobian import ModelFunction
 from hessian_eigenthings.operators._sandwich import JvpPass, SandwichOperator, check_callable
 from hessian_eigenthings.operators.batching import resolve_batch_weight
+from hessian_eigenthings.operators.graph_reuse import ReuseGraph
 from hessian_eigenthings.param_utils import ParamFilter
 
 __all__ = ["ForwardFn", "GGNOperator", "LossHvp", "LossOfOutputFn", "loss_hessian_matmat"]
@@ -109,8 +110,8 @@ class GGNOperator(SandwichOperator):
             forward less per product, but up to ~2.7× a gradient's memory).
 
     The keyword arguments ``param_filter``, ``full_dataset``, ``num_batches``,
-    ``microbatch_size``, ``num_total_samples``, ``backend`` and ``process_group`` are those of
-    every model operator
+    ``microbatch_size``, ``num_total_samples``, ``backend``, ``process_group`` and
+    ``reuse_graph`` are those of every model operator
     (:class:`~hessian_eigenthings.operators.model_operator.ModelCurvatureOperator`).
 
     Example:
@@ -156,6 +157,7 @@ class GGNOperator(SandwichOperator):
         backend: LinAlgBackend | None = None,
         process_group: Any = None,
         jvp: JvpPass = "separate",
+        reuse_graph: ReuseGraph = "auto",
     ) -> None:
         check_callable(forward_fn, "forward_fn", "forward_fn(model, batch) -> output tensor")
         check_callable(
@@ -178,6 +180,7 @@ class GGNOperator(SandwichOperator):
             num_total_samples=num_total_samples,
             backend=backend,
             process_group=process_group,
+            reuse_graph=reuse_graph,
             jvp=jvp,
         )
         self.forward_fn = forward_fn

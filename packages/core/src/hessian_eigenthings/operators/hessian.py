@@ -52,6 +52,7 @@ from torch.func import functional_call, grad, jvp, vmap
 from hessian_eigenthings.errors import InvalidArgumentError
 from hessian_eigenthings.linalg import LinAlgBackend
 from hessian_eigenthings.operators.batching import iter_tensors, map_tensors, resolve_batch_weight
+from hessian_eigenthings.operators.graph_reuse import ReuseGraph
 from hessian_eigenthings.operators.model_operator import ModelCurvatureOperator, ProductSink
 from hessian_eigenthings.param_utils import ParamFilter
 
@@ -151,6 +152,10 @@ class HessianOperator(ModelCurvatureOperator):
         process_group: a ``torch.distributed`` group whose ranks each hold a shard of the data;
             products are then the weighted mean over all shards (see
             :class:`~hessian_eigenthings.operators.model_operator.ModelCurvatureOperator`).
+        reuse_graph: keep ∇L with its graph between products while the model and data are
+            unchanged, so that a product is only the second backward (``"autograd"`` only;
+            ``"auto"``: for one in-memory batch; see
+            :class:`~hessian_eigenthings.operators.model_operator.ModelCurvatureOperator`).
 
     Example:
         For a bias-free linear model f(x) = W x (W of shape K×d) under the mean squared error
@@ -196,6 +201,7 @@ class HessianOperator(ModelCurvatureOperator):
         fd_eps: float | None = None,
         backend: LinAlgBackend | None = None,
         process_group: Any = None,
+        reuse_graph: ReuseGraph = "auto",
     ) -> None:
         if not callable(loss_fn):
             raise InvalidArgumentError(
@@ -213,6 +219,7 @@ class HessianOperator(ModelCurvatureOperator):
             num_total_samples=num_total_samples,
             backend=backend,
             process_group=process_group,
+            reuse_graph=reuse_graph,
         )
         self.loss_fn = loss_fn
         self.weight_fn = resolve_batch_weight(loss_fn)
@@ -292,27 +299,49 @@ class HessianOperator(ModelCurvatureOperator):
         if s is not None:
             sink.add_gradient(0, s[0])
 
+    def batch_linearize(self, batch: Any) -> _Gradient | None:
+        """∇L of the batch with its graph (kept for ``reuse_graph``; ``"autograd"`` only)."""
+        if self.method != "autograd":
+            return None
+        grads = self._gradient(batch, create_graph=True)
+        return [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
+
+    def linearized_accumulate(
+        self, lin: _Gradient, batch: Any, V: Sequence[torch.Tensor], sink: ProductSink
+    ) -> None:
+        # only the second backward: ∇²L V = ∂⟨∇L, V⟩/∂θ on the kept graph, which it retains
+        s = _contract(lin, V)
+        if s is None:
+            return
+        if sink.m == 1:
+            sink.add_gradient(0, s[0], retain_graph=True)
+        else:
+            sink.add_blocks(self._second_backward(s, retain=True))
+
     def _directional_derivatives(
         self, batch: Any, V: Sequence[torch.Tensor]
     ) -> torch.Tensor | None:
         """s_j = ⟨∇L, v_j⟩ with its graph (m values), or ``None`` if ∇L is constant."""
-        m = V[0].shape[0]
         grads = self._gradient(batch, create_graph=True)
-        live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-        if not live:  # the gradient is constant: the Hessian is zero
-            return None
         # ∇L can be freed afterwards (only s's graph is needed)
-        s = sum(V[i].reshape(m, -1) @ cast(torch.Tensor, grads[i]).reshape(-1) for i in live)
-        return cast(torch.Tensor, s)
+        return _contract(
+            [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad], V
+        )
 
     def _double_backward(self, batch: Any, V: Sequence[torch.Tensor]) -> Blocks:
-        params = self.params
-        m = V[0].shape[0]
         s = self._directional_derivatives(batch, V)
         if s is None:
-            return [None] * len(params)
+            return [None] * len(self.params)
+        return self._second_backward(s, retain=False)
+
+    def _second_backward(self, s: torch.Tensor, *, retain: bool) -> Blocks:
+        """Blocks of ∂s_j/∂θ for the m directional derivatives s (``retain``: keep the graph)."""
+        params = self.params
+        m = s.shape[0]
         if m == 1:
-            return _with_leading_dim(torch.autograd.grad(s[0], params, allow_unused=True))
+            return _with_leading_dim(
+                torch.autograd.grad(s[0], params, retain_graph=retain, allow_unused=True)
+            )
 
         def batched() -> Blocks:
             eye = torch.eye(m, dtype=s.dtype, device=s.device)
@@ -324,7 +353,9 @@ class HessianOperator(ModelCurvatureOperator):
 
         def looped() -> Blocks:
             cols = [
-                torch.autograd.grad(s[j], params, retain_graph=j < m - 1, allow_unused=True)
+                torch.autograd.grad(
+                    s[j], params, retain_graph=retain or j < m - 1, allow_unused=True
+                )
                 for j in range(m)
             ]
             return _stack_columns(cols, params)
@@ -421,6 +452,19 @@ class HessianOperator(ModelCurvatureOperator):
             for p, original, d in zip(self.params, originals, direction, strict=True):
                 p.copy_(original.to(acc).add(d.to(acc), alpha=step))
         return self._gradient(batch, create_graph=False)
+
+
+#: The live blocks of ∇L with their graph: (parameter index, gradient block).
+_Gradient: TypeAlias = list[tuple[int, torch.Tensor]]
+
+
+def _contract(grads: _Gradient, V: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """s_j = ⟨∇L, v_j⟩ (m values, with ∇L's graph), or ``None`` if ∇L is constant."""
+    if not grads:  # the gradient is constant: the Hessian is zero
+        return None
+    m = V[0].shape[0]
+    s = sum(V[i].reshape(m, -1) @ g.reshape(-1) for i, g in grads)
+    return cast(torch.Tensor, s)
 
 
 def _is_vmap_failure(err: BaseException) -> bool:

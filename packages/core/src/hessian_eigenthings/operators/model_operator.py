@@ -39,6 +39,7 @@ from hessian_eigenthings.operators.batching import (
     move_to_device,
     split_batch,
 )
+from hessian_eigenthings.operators.graph_reuse import GraphCache, ReuseGraph, batch_key
 from hessian_eigenthings.operators.model_state import check_model_modes, preserved_model_state
 from hessian_eigenthings.param_utils import ParamFilter, ParamSpace
 
@@ -101,6 +102,8 @@ class ProductSink:
         device = self.params[0].device if self.params else torch.device("cpu")
         self.buffer = torch.empty(0, dtype=dtype, device=device)
         self.weight = 1.0
+        #: the engine's unit of batch weight (the first chunk's); 0 until it is set
+        self.unit = 0.0
         self._written = [[False] * m for _ in self.shapes]
         self._unwritten = len(self.shapes) * m  # blocks not yet written (result() zeroes them)
         self._graph_bytes = 0
@@ -280,6 +283,15 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
             shards (unequal shards and batch counts allowed). Each product costs one all-reduce
             of n·m values, done once after the local batches (never per batch). A
             DistributedDataParallel-wrapped model is unwrapped (its ``.module`` is used).
+        reuse_graph: keep what a product computes before it meets the directions (the
+            forward pass, and the graph of the first backward) and reuse it in the next
+            products while the model and the batches are unchanged — checked before every
+            product, see :mod:`~hessian_eigenthings.operators.graph_reuse`. ``"auto"``
+            (default): when the data are one in-memory batch (a list or tuple holding a single
+            batch that is not split into microbatches) and the operator can split that work
+            off; ``True``: for every (micro)batch of a list or tuple, holding one graph each;
+            ``False``: never. Memory held between products: about one product's graph per
+            batch; :meth:`clear_graph_cache` frees it.
 
     Example:
         A toy subclass whose batch b contributes c_b·I with c_b the batch's mean square;
@@ -321,6 +333,7 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
         num_total_samples: int | None = None,
         backend: LinAlgBackend | None = None,
         process_group: Any = None,
+        reuse_graph: ReuseGraph = "auto",
     ) -> None:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -342,6 +355,19 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
         self.backend: LinAlgBackend = backend
         self.weight_fn: BatchWeightFn = batch_leading_size
         self._dropout_warned = [False]
+        if reuse_graph not in (True, False, "auto"):
+            raise InvalidArgumentError(
+                f"reuse_graph must be True, False or 'auto', got {reuse_graph!r}"
+            )
+        if reuse_graph is True and not isinstance(self.dataloader, list | tuple):
+            raise InvalidArgumentError(
+                "reuse_graph=True needs the batches in memory as a list or tuple (a "
+                f"{type(self.dataloader).__name__} may shuffle or augment between products); "
+                "pass list(dataloader) or reuse_graph=False"
+            )
+        self.reuse_graph: ReuseGraph = reuse_graph
+        self._graph_cache = GraphCache()
+        self._source_batch: Any = None
 
     # -- what a subclass provides ----------------------------------------------------------
 
@@ -379,6 +405,30 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
         """
         blocks = self.batch_matmat(batch, V)
         sink.add_blocks(blocks)
+
+    def batch_linearize(self, batch: Any) -> Any:
+        """The part of this batch's product that does not depend on the directions, or ``None``.
+
+        An operator that returns something here (e.g. the gradient with its graph) also
+        implements :meth:`linearized_accumulate`; the engine then keeps the result across
+        products while the model and the batch are unchanged (``reuse_graph``). ``None``
+        (the default): nothing to reuse, every product calls :meth:`batch_accumulate`.
+        """
+        return None
+
+    def linearized_accumulate(
+        self, lin: Any, batch: Any, V: Sequence[torch.Tensor], sink: ProductSink
+    ) -> None:
+        """Add ``sink.weight`` times the batch's product with ``V`` into ``sink``, from the
+        result of :meth:`batch_linearize`, leaving ``lin`` usable for the next product."""
+        raise NotImplementedError(
+            f"{type(self).__name__}.batch_linearize returned a value, so it must implement "
+            "linearized_accumulate"
+        )
+
+    def clear_graph_cache(self) -> None:
+        """Free the linearisations kept for ``reuse_graph`` (they are rebuilt when needed)."""
+        self._graph_cache.clear()
 
     def batch_weight(self, batch: Any) -> float:
         """How much ``batch`` counts in the dataset mean: ``self.weight_fn(batch)``.
@@ -437,7 +487,36 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
         for i, batch in enumerate(self.dataloader):
             if self.num_batches is not None and i >= self.num_batches:
                 break
+            self._source_batch = batch  # as the dataloader holds it (the reuse key)
             yield move_to_device(batch, self.device)
+        self._source_batch = None
+
+    def _check_parameters_current(self) -> None:
+        """Refuse to multiply if a selected parameter was replaced in the model since."""
+        current = {id(p) for p in self.model.parameters()}
+        gone = [
+            n for n, p in zip(self.space.names, self.params, strict=True) if id(p) not in current
+        ]
+        if gone:
+            raise InvalidArgumentError(
+                f"parameter(s) {', '.join(gone[:3])}{' …' if len(gone) > 3 else ''} of this "
+                "operator are no longer the model's (replaced since the operator was built); "
+                "build a new operator for the model as it is now"
+            )
+
+    def _reuses_graph(self) -> bool:
+        """Whether this product keeps and reuses linearisations (see ``reuse_graph``)."""
+        data = self.dataloader
+        if self.reuse_graph is False or not isinstance(data, list | tuple):
+            return False
+        if type(self).batch_linearize is ModelCurvatureOperator.batch_linearize:
+            return False
+        if self.reuse_graph is True:
+            return True
+        used = len(data) if self.num_batches is None else min(len(data), self.num_batches)
+        if used != 1:
+            return False
+        return self.microbatch_size is None or (batch_leading_size(data[0]) <= self.microbatch_size)
 
     def _accumulate_dtype(self) -> torch.dtype:
         return torch.float32 if self.dtype in (torch.float16, torch.bfloat16) else self.dtype
@@ -454,13 +533,21 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
         total_weight = 0.0
         seen = 0
         check_model_modes(self.model, warned=self._dropout_warned)
+        self._check_parameters_current()
+        reuse = self._reuses_graph()
+        if reuse:
+            self._graph_cache.validate(self.model)
+        else:
+            self._graph_cache.clear()
         failure: BaseException | None = None
         try:
             with preserved_model_state(self.model, restore_values=self.perturbs_parameters):
                 for index, batch in enumerate(self.iter_batches()):
                     seen += 1
-                    total_weight += self._accumulate_batch(sink, batch, index, directions)
+                    total_weight += self._accumulate_batch(sink, batch, index, directions, reuse)
+            self._graph_cache.trim(seen)
         except Exception as err:
+            self._graph_cache.clear()  # a half-built or half-used linearisation is not kept
             if self.process_group is None:
                 raise
             failure = err  # tell the other ranks before raising, so none waits forever
@@ -474,18 +561,27 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
                 "every batch had weight 0 (e.g. all labels ignored); the mean curvature is "
                 "undefined for this data"
             )
-        scale = (self.num_total_samples or 1) / total_weight
-        return acc.mul_(scale).to(self.dtype)
+        scale = (self.num_total_samples or 1) * sink.unit / total_weight
+        if scale != 1.0:  # one batch (the common case): the sum already is the mean
+            acc.mul_(scale)
+        return acc.to(self.dtype)
 
     def _accumulate_batch(
-        self, sink: ProductSink, batch: Any, index: int, directions: list[torch.Tensor]
+        self,
+        sink: ProductSink,
+        batch: Any,
+        index: int,
+        directions: list[torch.Tensor],
+        reuse: bool = False,
     ) -> float:
         """Add w·A_chunk·V for every (micro)batch chunk of ``batch`` to ``sink``; return Σ w."""
         chunks = (
             [batch] if self.microbatch_size is None else split_batch(batch, self.microbatch_size)
         )
+        source = self._source_batch
+        key = batch_key(source) if reuse else ()
         total = 0.0
-        for chunk in chunks:
+        for k, chunk in enumerate(chunks):
             weight = self.batch_weight(chunk)
             if weight == 0:  # e.g. every token ignored: contributes nothing
                 continue
@@ -493,8 +589,19 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
                 raise InvalidArgumentError(
                     f"batch {index} has weight {weight}; weights must be ≥ 0"
                 )
-            sink.weight = weight
-            self.batch_accumulate(chunk, directions, sink)
+            if sink.unit == 0.0:  # weights relative to the first chunk's: one batch needs
+                # no scaling at all (ranks share the unit 1, since their sums are added)
+                sink.unit = weight if self.process_group is None else 1.0
+            sink.weight = weight / sink.unit
+            lin = self._graph_cache.get((index, k), key) if reuse else None
+            if reuse and lin is None:
+                lin = self.batch_linearize(chunk)
+                if lin is not None:
+                    self._graph_cache.put((index, k), key, source, lin)
+            if lin is None:
+                self.batch_accumulate(chunk, directions, sink)
+            else:
+                self.linearized_accumulate(lin, chunk, directions, sink)
             total += weight
         acc = sink.result()
         # one pass, no allocation; the exact check only confirms (a finite sum can overflow)
