@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-__all__ = ["emit", "interleaved_medians", "peak_tensor_bytes"]
+__all__ = ["emit", "interleaved_medians", "peak_tensor_bytes", "tensor_bytes"]
 
 
 def interleaved_medians(
@@ -46,6 +46,12 @@ def interleaved_medians(
 
 def peak_tensor_bytes(fn: Callable[[], Any]) -> int:
     """Most tensor bytes alive at once during ``fn()`` beyond those alive before it."""
+    return tensor_bytes(fn)[0]
+
+
+def tensor_bytes(fn: Callable[[], Any]) -> tuple[int, int]:
+    """(peak, held): the most tensor bytes alive at once during ``fn()`` beyond those alive
+    before it, and the bytes it left allocated after returning (e.g. a cache it filled)."""
     activities = [ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(ProfilerActivity.CUDA)
@@ -63,12 +69,13 @@ def peak_tensor_bytes(fn: Callable[[], Any]) -> int:
         if e.get("name") == "[memory]" and "Total Allocated" in e.get("args", {})
     ]
     if not memory:
-        return 0
+        return 0, 0
     # The profiler's running total is not reset between profiles (it can carry what an earlier
     # workload in this process left allocated), so measure from the total before fn's first
     # allocation.
     start = int(memory[0]["Total Allocated"]) - int(memory[0]["Bytes"])
-    return max(0, *(int(m["Total Allocated"]) - start for m in memory))
+    peak = max(0, *(int(m["Total Allocated"]) - start for m in memory))
+    return peak, max(0, int(memory[-1]["Total Allocated"]) - start)
 
 
 def emit(record: Mapping[str, Any]) -> None:

@@ -5,30 +5,40 @@ torch, all float32 on one CPU thread) this measures, in the same run:
 
 * ``gradient`` — forward + backward, ``torch.autograd.grad(loss, params)``: the unit;
 * ``hvp_baseline`` — a hand-written double-backward Hessian-vector product
-  (``grad(grad(loss, create_graph=True), params, v)``): the exact-HVP floor;
+  (``grad(grad(loss, create_graph=True), params, v)``): the exact-HVP floor when recomputing;
 * every operator in :data:`OPERATORS` — one ``op.matvec(v)`` through the full engine
-  (parameter views, batch loop, weighting, state restoration, checks).
+  (parameter views, batch loop, weighting, state restoration, checks) — as built by default
+  (everything recomputed per product) and with ``reuse_graph=True`` (suffix ``/reuse_graph``:
+  the batch's linearisation kept between products);
+* the peers in :data:`PEERS` — other libraries' products on the same batch, each used the way
+  it is fastest (PyHessian keeps ∇L's graph; curvlinops recomputes; BackPACK's GGN product
+  with the forward kept).
 
-It prints one JSON line per (workload, candidate) with the median time (interleaved rounds),
-the peak tensor memory (profiler allocation timeline, see ``_harness.py``), both as ratios to
-the gradient and to the baseline HVP, and — for Hessian operators — the relative error
-against the baseline HVP.
+It prints one JSON line per (workload, candidate) with the median time (interleaved rounds)
+as ratios to the gradient and to the baseline HVP; the peak tensor memory (profiler allocation
+timeline, see ``_harness.py``) as a ratio to the gradient's — the larger of a fresh instance's
+first product (which builds what it keeps) and a later product on top of what is kept — and
+what stays allocated between products (``held_vs_gradient``); and the relative error against
+the baseline HVP (Hessian-type candidates) or our analytical GGN (GGN/Fisher-type).
 
-Targets (Hessian, ``method="autograd"``): time within 5% of ``hvp_baseline``; ≤ 2.3× a
-gradient on the MLP; peak memory ≤ 2× a gradient's.
+Targets (issue: curvature operators): Hessian within 5% of ``hvp_baseline`` and ≤ 2.3× a
+gradient on the MLP; GGN ≤ 2.3×, empirical Fisher ≤ 2.4× everywhere; at or below the best peer
+on every workload; peak memory ≤ 2× a gradient's.
 
 Adding an operator (e.g. GGN, Fisher): add a builder to :data:`OPERATORS`, taking a
 :class:`Workload` (model, one batch, the loss as ``loss_fn`` or as ``forward`` +
 ``loss_of_output``) and returning the operator. Name it ``"<family>/<variant>"``.
 
 Run: ``uv run python benchmarks/bench_operators.py`` (``--quick`` for small sizes and few
-repeats; ``--models mlp,cnn`` and ``--operators hessian/autograd`` to select).
+repeats; ``--models mlp,cnn``, ``--operators 'hessian/*'``, ``--peers ''`` and
+``--reuse off|on|both`` to select).
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import itertools
 import math
 import platform
@@ -36,23 +46,23 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import emit, interleaved_medians, peak_tensor_bytes
+from _harness import emit, interleaved_medians, tensor_bytes
 
 from hessian_eigenthings import (
-    CurvatureOperator,
     EmpiricalFisherOperator,
     FisherOperator,
     GGNOperator,
     HessianOperator,
 )
 from hessian_eigenthings.loss_fns import cross_entropy_loss_of_output
+from hessian_eigenthings.operators import ModelCurvatureOperator
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -196,18 +206,18 @@ DEFAULT_WORKLOADS = "mlp,cnn,gpt"
 
 # -- operators ----------------------------------------------------------------------------
 
-OperatorBuilder = Callable[[Workload], CurvatureOperator]
+OperatorBuilder = Callable[[Workload], ModelCurvatureOperator]
 
 
 def _hessian(method: str) -> OperatorBuilder:
-    def build(w: Workload) -> CurvatureOperator:
+    def build(w: Workload) -> ModelCurvatureOperator:
         return HessianOperator(w.model, [w.batch], w.loss_fn, method=method)  # type: ignore[arg-type]
 
     return build
 
 
 def _ggn(loss_hvp: str, jvp: str = "separate") -> OperatorBuilder:
-    def build(w: Workload) -> CurvatureOperator:
+    def build(w: Workload) -> ModelCurvatureOperator:
         # analytical: the CE helper's closed-form .hvp; autograd: the workload's plain loss
         loss = cross_entropy_loss_of_output() if loss_hvp == "analytical" else w.loss_of_output
         return GGNOperator(w.model, [w.batch], w.forward, loss, loss_hvp=loss_hvp, jvp=jvp)  # type: ignore[arg-type]
@@ -215,7 +225,7 @@ def _ggn(loss_hvp: str, jvp: str = "separate") -> OperatorBuilder:
     return build
 
 
-def _fisher_type2(w: Workload) -> CurvatureOperator:
+def _fisher_type2(w: Workload) -> ModelCurvatureOperator:
     return FisherOperator(w.model, [w.batch], w.forward, cross_entropy_loss_of_output())
 
 
@@ -223,7 +233,7 @@ def _empirical_fisher(per_sample_limit: int, jvp: str = "separate") -> OperatorB
     """``per_sample_limit=0``: always the forward-mode route (the batch-size sweep, including
     the per-sample route for tiny batches, is ``bench_empirical_fisher.py``)."""
 
-    def build(w: Workload) -> CurvatureOperator:
+    def build(w: Workload) -> ModelCurvatureOperator:
         def per_sample_loss(model: nn.Module, sample: Batch) -> torch.Tensor:
             batch = (sample[0].unsqueeze(0), sample[1].unsqueeze(0))
             return w.loss_of_output(w.forward(model, batch), batch)
@@ -254,14 +264,116 @@ OPERATORS: dict[str, OperatorBuilder] = {
 }
 
 
+# -- peers --------------------------------------------------------------------------------
+#
+# Other libraries' products on the same workload, each used the way that library is fastest on
+# one fixed batch. A peer is a factory: ``make(w, v_list)`` returns the product as a callable
+# whose first call also does whatever the peer keeps between products (so that the memory
+# measurement of a fresh instance sees it), or ``None`` if the library is not installed.
+
+Product = Callable[[], Any]
+PeerFactory = Callable[[Workload, list[torch.Tensor]], "Product | None"]
+
+
+def _kept_graph_hvp(w: Workload, v_list: list[torch.Tensor]) -> Product:
+    """PyHessian's single-batch mode: ∇L with its graph built once, then
+    ``grad(∇L, θ, v, retain_graph=True)`` per product (its ``hessian_vector_product``)."""
+    kept: list[Any] = []
+
+    def product() -> Any:
+        if not kept:
+            kept.extend(
+                torch.autograd.grad(w.loss_fn(w.model, w.batch), w.params, create_graph=True)
+            )
+        return torch.autograd.grad(kept, w.params, v_list, retain_graph=True)
+
+    return product
+
+
+def _backpack_ggnvp(w: Workload, v_list: list[torch.Tensor]) -> Product | None:
+    """BackPACK's ``ggn_vector_product_from_plist`` with the forward (output and loss) kept."""
+    try:
+        from backpack.hessianfree.ggnvp import ggn_vector_product_from_plist
+    except ImportError:
+        return None
+    kept: list[torch.Tensor] = []
+
+    def product() -> Any:
+        if not kept:
+            out = w.forward(w.model, w.batch)
+            kept.extend((w.loss_of_output(out, w.batch), out))
+        return ggn_vector_product_from_plist(kept[0], kept[1], w.params, v_list)
+
+    return product
+
+
+def _curvlinops(kind: str) -> PeerFactory:
+    """curvlinops' linear operators (they recompute the forward pass on every product)."""
+
+    def make(w: Workload, v_list: list[torch.Tensor]) -> Product | None:
+        try:
+            import curvlinops
+        except ImportError:
+            return None
+        cls = getattr(curvlinops, f"{kind}LinearOperator")
+
+        class Flat(nn.Module):  # curvlinops' CrossEntropyLoss wants (rows, classes)
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = w.model
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                out = w.forward(self.inner, (x, x))
+                return out.reshape(-1, out.shape[-1])
+
+        data = [(w.batch[0], w.batch[1].reshape(-1))]
+        op = cls(Flat(), nn.CrossEntropyLoss(), w.params, data, check_deterministic=False)
+        return lambda: op @ v_list
+
+    return make
+
+
+PEERS: dict[str, PeerFactory] = {
+    "peer/pyhessian_kept_graph_hvp": _kept_graph_hvp,
+    "peer/curvlinops_hessian": _curvlinops("Hessian"),
+    "peer/curvlinops_ggn": _curvlinops("GGN"),
+    "peer/curvlinops_ef": _curvlinops("EF"),
+    "peer/backpack_ggnvp_kept_forward": _backpack_ggnvp,
+}
+
+#: the reference each candidate's result is compared with (by name prefix)
+_REFERENCE_OF = {
+    "hessian": "hessian",
+    "hvp": "hessian",
+    "peer/pyhessian": "hessian",
+    "peer/curvlinops_hessian": "hessian",
+    "ggn": "ggn",
+    "fisher": "ggn",
+    "peer/curvlinops_ggn": "ggn",
+    "peer/backpack": "ggn",
+}
+
+
 # -- measurement --------------------------------------------------------------------------
 
 
-def _matvec(op: CurvatureOperator, v: torch.Tensor) -> Callable[[], torch.Tensor]:
-    return lambda: op.matvec(v)
+def _fresh_peer(peer: PeerFactory, w: Workload, v_list: list[torch.Tensor]) -> Product:
+    return cast(Product, peer(w, v_list))
 
 
-def run(w: Workload, operators: dict[str, OperatorBuilder], repeats: int) -> None:
+def _flat(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out.reshape(-1)
+    return torch.cat([t.reshape(-1) for t in out])
+
+
+def run(
+    w: Workload,
+    operators: dict[str, OperatorBuilder],
+    peers: dict[str, PeerFactory],
+    repeats: int,
+    reuse: str,
+) -> None:
     params = w.params
     n = sum(p.numel() for p in params)
     v = torch.randn(n, generator=torch.Generator().manual_seed(3))
@@ -275,17 +387,53 @@ def run(w: Workload, operators: dict[str, OperatorBuilder], repeats: int) -> Non
         g = torch.autograd.grad(w.loss_fn(w.model, w.batch), params, create_graph=True)
         return torch.autograd.grad(g, params, v_list)
 
-    ops = {name: build(w) for name, build in operators.items()}
-    candidates: dict[str, Callable[[], Any]] = {
-        "gradient": gradient,
-        "hvp_baseline": hvp_baseline,
+    # factories: each call gives a fresh instance (for memory), whose first product builds
+    # whatever it keeps
+    factories: dict[str, Callable[[], Product]] = {
+        "gradient": lambda: gradient,
+        "hvp_baseline": lambda: hvp_baseline,
     }
-    for name, op in ops.items():
-        candidates[name] = _matvec(op, v)
+
+    def ours(build: OperatorBuilder, keep: bool) -> Callable[[], Product]:
+        def make() -> Product:
+            op = build(w)
+            op.reuse_graph = keep  # the constructor argument, set after building
+            return lambda: op.matvec(v)
+
+        return make
+
+    for name, build in operators.items():
+        if reuse in ("off", "both"):
+            factories[name] = ours(build, False)
+        if reuse in ("on", "both"):
+            factories[f"{name}/reuse_graph"] = ours(build, True)
+    for name, peer in peers.items():
+        if peer(w, v_list) is None:
+            emit(
+                {
+                    "bench": "operator_product",
+                    "workload": w.name,
+                    "candidate": name,
+                    "skipped": "library not installed",
+                }
+            )
+            continue
+        factories[name] = functools.partial(_fresh_peer, peer, w, v_list)
+
+    candidates = {name: make() for name, make in factories.items()}
     times = interleaved_medians(candidates, repeats=repeats)
-    peaks = {name: peak_tensor_bytes(fn) for name, fn in candidates.items()}
-    reference = torch.cat([t.reshape(-1) for t in hvp_baseline()])
+    memory: dict[str, tuple[int, int]] = {}
+    for name, make in factories.items():
+        peak_first, held = tensor_bytes(make_fresh := make())
+        peak_later, _ = tensor_bytes(make_fresh)
+        memory[name] = (max(peak_first, held + peak_later), held)
+    references = {
+        "hessian": _flat(hvp_baseline()),
+        "ggn": OPERATORS["ggn/analytical"](w).matvec(v),
+    }
+    grad_peak = memory["gradient"][0]
     for name, fn in candidates.items():
+        peak, held = memory[name]
         record: dict[str, Any] = {
             "bench": "operator_product",
             "workload": w.name,
@@ -294,13 +442,14 @@ def run(w: Workload, operators: dict[str, OperatorBuilder], repeats: int) -> Non
             "time_s": round(times[name], 6),
             "time_vs_gradient": round(times[name] / times["gradient"], 3),
             "time_vs_hvp_baseline": round(times[name] / times["hvp_baseline"], 3),
-            "peak_bytes": peaks[name],
-            "peak_vs_gradient": round(peaks[name] / peaks["gradient"], 3),
-            "peak_vs_hvp_baseline": round(peaks[name] / peaks["hvp_baseline"], 3),
+            "peak_bytes": peak,
+            "peak_vs_gradient": round(peak / grad_peak, 3),
+            "held_vs_gradient": round(held / grad_peak, 3),
         }
-        if name.startswith("hessian"):
-            out = fn()
-            record["rel_err_vs_hvp_baseline"] = float((out - reference).norm() / reference.norm())
+        family = next((f for k, f in _REFERENCE_OF.items() if name.startswith(k)), None)
+        if family is not None:
+            ref = references[family]
+            record[f"rel_err_vs_{family}"] = float((_flat(fn()) - ref).norm() / ref.norm())
         emit(record)
 
 
@@ -313,10 +462,19 @@ def main() -> None:
     parser.add_argument("--operators", default="*", help="glob over operator names")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--reuse",
+        choices=("off", "on", "both"),
+        default="both",
+        help="our operators as built by default (recomputing everything per product), with "
+        "reuse_graph=True (suffix /reuse_graph: the batch's linearisation kept), or both",
+    )
+    parser.add_argument("--peers", default="*", help="glob over peer names ('' for none)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if args.quick else 9)
     operators = {k: b for k, b in OPERATORS.items() if fnmatch.fnmatch(k, args.operators)}
+    peers = {k: p for k, p in PEERS.items() if args.peers and fnmatch.fnmatch(k, args.peers)}
     emit(
         {
             "bench": "operator_product_setup",
@@ -328,12 +486,15 @@ def main() -> None:
             "targets": {
                 "hessian/autograd time_vs_hvp_baseline": 1.05,
                 "hessian/autograd time_vs_gradient (mlp)": 2.3,
-                "hessian/autograd peak_vs_gradient": 2.0,
+                "ggn/* time_vs_gradient": 2.3,
+                "empirical_fisher/* time_vs_gradient": 2.4,
+                "time_vs_gradient": "at or below the best peer/*",
+                "peak_vs_gradient": 2.0,
             },
         }
     )
     for name in args.models.split(","):
-        run(WORKLOADS[name](args.quick), operators, repeats)
+        run(WORKLOADS[name](args.quick), operators, peers, repeats, args.reuse)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""``reuse_graph``: products from a kept linearisation equal the dense oracles on every case,
-and the kept graph is dropped whenever the model, its mode or the data change.
+"""``reuse_graph=True``: products from a kept linearisation equal the dense oracles on every
+case, and the kept graph is dropped whenever the model, its mode or the data change.
 
 Every operator family that splits off its direction-independent work is covered: the Hessian
 (∇L with its graph), the GGN and Fisher operators (z with the graphs of J v and Jᵀ u) and both
@@ -113,28 +113,22 @@ def test_kept_linearisations_match_the_oracle(make_case: Any, family: str) -> No
 
 
 @pytest.mark.parametrize("family", sorted(BUILDS))
-def test_auto_reuses_one_batch_only(family: str) -> None:
+def test_only_reuse_graph_keeps_and_it_keeps_every_chunk(family: str) -> None:
     case = mlp()
-    one = [case.full_batch]
-    auto = BUILDS[family](case, one)
-    off = BUILDS[family](case, one, reuse_graph=False)
-    V = _directions(auto.size, 2, seed=2)
+    default = BUILDS[family](case, case.batches)
+    kept = BUILDS[family](case, case.batches, reuse_graph=True, microbatch_size=2)
+    V = _directions(default.size, 2, seed=2)
+    want = default.matmat(V)
+    assert not default._graph_cache.entries  # recomputing is the default
     for _ in range(2):
-        assert rel_err(auto.matmat(V), off.matmat(V)) < 1e-12
-        assert len(auto._graph_cache.entries) == 1
-    assert not off._graph_cache.entries
-    several = BUILDS[family](case, case.batches)  # three batches: nothing is kept
-    several.matvec(V[:, 0])
-    assert not several._graph_cache.entries
-    split = BUILDS[family](case, one, microbatch_size=4)  # one batch in three chunks
-    split.matvec(V[:, 0])
-    assert not split._graph_cache.entries
+        assert rel_err(kept.matmat(V), want) < 1e-12
+        assert len(kept._graph_cache.entries) == 6  # batches of 4, 4, 3 in chunks of ≤ 2
 
 
 def test_mc_fisher_keeps_its_draws_with_a_kept_graph() -> None:
     case = mlp()
     one = [case.full_batch]
-    kept, fresh = _fisher_mc(case, one), _fisher_mc(case, one, reuse_graph=False)
+    kept, fresh = _fisher_mc(case, one, reuse_graph=True), _fisher_mc(case, one)
     V = _directions(kept.size, 2, seed=3)
     assert rel_err(kept.matmat(V), fresh.matmat(V)) < 1e-12
     assert rel_err(kept.matmat(V), fresh.matmat(V)) < 1e-12
@@ -194,8 +188,8 @@ def test_a_kept_graph_is_rebuilt_when_anything_changes(change: str, family: str)
     model.insert(1, _ModeScale())
     model.eval()
     data = [tuple(t.clone() for t in case.full_batch)]
-    op = BUILDS[family](case, data)
-    off = BUILDS[family](case, data, reuse_graph=False)  # recomputes everything every time
+    op = BUILDS[family](case, data, reuse_graph=True)
+    off = BUILDS[family](case, data)  # recomputes everything every time
     v = _directions(op.size, 1, seed=4)[:, 0]
     op.matvec(v)
     assert op._graph_cache.entries
@@ -217,7 +211,7 @@ def test_reuse_leaves_the_model_untouched(family: str) -> None:
     for p, g in zip(model.parameters(), grads, strict=True):
         p.grad = g
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    op = BUILDS[family](case, [case.full_batch])
+    op = BUILDS[family](case, [case.full_batch], reuse_graph=True)
     v = _directions(op.size, 1, seed=5)[:, 0]
     for _ in range(3):
         out = op.matvec(v)
@@ -250,7 +244,7 @@ def test_a_failing_product_keeps_nothing() -> None:
             raise RuntimeError("loss failed")
         return case.loss(model, batch)
 
-    op = HessianOperator(case.model, [case.full_batch], flaky)
+    op = HessianOperator(case.model, [case.full_batch], flaky, reuse_graph=True)
     v = _directions(op.size, 1, seed=6)[:, 0]
     first = op.matvec(v)
     assert op._graph_cache.entries
@@ -263,7 +257,7 @@ def test_a_failing_product_keeps_nothing() -> None:
 
 def test_clear_graph_cache_frees_the_graph() -> None:
     case = mlp()
-    op = HessianOperator(case.model, [case.full_batch], case.loss)
+    op = HessianOperator(case.model, [case.full_batch], case.loss, reuse_graph=True)
     op.matvec(_directions(op.size, 1, seed=7)[:, 0])
     (entry,) = op._graph_cache.entries.values()
     kept = weakref.ref(entry[2][0][1])  # a block of ∇L, which holds the graph
@@ -278,11 +272,10 @@ def test_reuse_graph_arguments() -> None:
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*case.full_batch))
     with pytest.raises(InvalidArgumentError, match="list or tuple"):
         HessianOperator(case.model, loader, case.loss, reuse_graph=True)
-    with pytest.raises(InvalidArgumentError, match="reuse_graph"):
+    with pytest.raises(InvalidArgumentError, match="reuse_graph must be True or False"):
         HessianOperator(case.model, [case.full_batch], case.loss, reuse_graph="yes")  # type: ignore[arg-type]
-    auto = HessianOperator(case.model, loader, case.loss, num_batches=1)
-    auto.matvec(_directions(auto.size, 1, seed=8)[:, 0])
-    assert not auto._graph_cache.entries  # a DataLoader may shuffle: never kept
-    fd = HessianOperator(case.model, [case.full_batch], case.loss, method="finite_difference")
+    fd = HessianOperator(
+        case.model, [case.full_batch], case.loss, method="finite_difference", reuse_graph=True
+    )
     fd.matvec(_directions(fd.size, 1, seed=8)[:, 0])
     assert not fd._graph_cache.entries  # no graph to keep

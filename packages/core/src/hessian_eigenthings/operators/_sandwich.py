@@ -25,7 +25,6 @@ from hessian_eigenthings.operators._jacobian import (
     ModelFunction,
     ModelJacobian,
 )
-from hessian_eigenthings.operators.graph_reuse import ReuseGraph
 from hessian_eigenthings.operators.model_operator import ModelCurvatureOperator, ProductSink
 from hessian_eigenthings.param_utils import ParamFilter
 
@@ -61,7 +60,7 @@ class SandwichOperator(ModelCurvatureOperator):
         backend: LinAlgBackend | None,
         process_group: Any,
         jvp: JvpPass = "separate",
-        reuse_graph: ReuseGraph = "auto",
+        reuse_graph: bool = False,
     ) -> None:
         if jvp not in ("separate", "shared"):
             raise InvalidArgumentError(

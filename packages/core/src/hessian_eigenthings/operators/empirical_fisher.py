@@ -54,7 +54,6 @@ from hessian_eigenthings.linalg import LinAlgBackend
 from hessian_eigenthings.operators._jacobian import Blocks, Linearization, is_vmap_failure
 from hessian_eigenthings.operators._sandwich import JvpPass, SandwichOperator, check_callable
 from hessian_eigenthings.operators.batching import iter_tensors
-from hessian_eigenthings.operators.graph_reuse import ReuseGraph
 from hessian_eigenthings.operators.model_operator import ProductSink
 from hessian_eigenthings.param_utils import ParamFilter
 
@@ -207,7 +206,7 @@ class EmpiricalFisherOperator(SandwichOperator):
         backend: LinAlgBackend | None = None,
         process_group: Any = None,
         jvp: JvpPass = "separate",
-        reuse_graph: ReuseGraph = "auto",
+        reuse_graph: bool = False,
     ) -> None:
         if isinstance(sample_dim, bool) or not isinstance(sample_dim, int) or sample_dim < 0:
             raise InvalidArgumentError(f"sample_dim must be an int ≥ 0, got {sample_dim!r}")

@@ -45,7 +45,6 @@ from hessian_eigenthings.operators._jacobian import Linearization
 from hessian_eigenthings.operators._sandwich import JvpPass, SandwichOperator, check_callable
 from hessian_eigenthings.operators.batching import batch_leading_size, resolve_batch_weight
 from hessian_eigenthings.operators.ggn import ForwardFn, LossOfOutputFn
-from hessian_eigenthings.operators.graph_reuse import ReuseGraph
 from hessian_eigenthings.operators.model_operator import ProductSink
 from hessian_eigenthings.param_utils import ParamFilter
 
@@ -142,7 +141,7 @@ class FisherOperator(SandwichOperator):
         backend: LinAlgBackend | None = None,
         process_group: Any = None,
         jvp: JvpPass = "separate",
-        reuse_graph: ReuseGraph = "auto",
+        reuse_graph: bool = False,
     ) -> None:
         check_callable(forward_fn, "forward_fn", "forward_fn(model, batch) -> output tensor")
         check_callable(

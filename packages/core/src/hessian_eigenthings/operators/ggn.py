@@ -44,7 +44,6 @@ from hessian_eigenthings.linalg import LinAlgBackend
 from hessian_eigenthings.operators._jacobian import ModelFunction
 from hessian_eigenthings.operators._sandwich import JvpPass, SandwichOperator, check_callable
 from hessian_eigenthings.operators.batching import resolve_batch_weight
-from hessian_eigenthings.operators.graph_reuse import ReuseGraph
 from hessian_eigenthings.param_utils import ParamFilter
 
 __all__ = ["ForwardFn", "GGNOperator", "LossHvp", "LossOfOutputFn", "loss_hessian_matmat"]
@@ -157,7 +156,7 @@ class GGNOperator(SandwichOperator):
         backend: LinAlgBackend | None = None,
         process_group: Any = None,
         jvp: JvpPass = "separate",
-        reuse_graph: ReuseGraph = "auto",
+        reuse_graph: bool = False,
     ) -> None:
         check_callable(forward_fn, "forward_fn", "forward_fn(model, batch) -> output tensor")
         check_callable(

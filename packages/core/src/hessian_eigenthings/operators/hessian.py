@@ -52,7 +52,6 @@ from torch.func import functional_call, grad, jvp, vmap
 from hessian_eigenthings.errors import InvalidArgumentError
 from hessian_eigenthings.linalg import LinAlgBackend
 from hessian_eigenthings.operators.batching import iter_tensors, map_tensors, resolve_batch_weight
-from hessian_eigenthings.operators.graph_reuse import ReuseGraph
 from hessian_eigenthings.operators.model_operator import ModelCurvatureOperator, ProductSink
 from hessian_eigenthings.param_utils import ParamFilter
 
@@ -154,7 +153,7 @@ class HessianOperator(ModelCurvatureOperator):
             :class:`~hessian_eigenthings.operators.model_operator.ModelCurvatureOperator`).
         reuse_graph: keep ∇L with its graph between products while the model and data are
             unchanged, so that a product is only the second backward (``"autograd"`` only;
-            ``"auto"``: for one in-memory batch; see
+            more memory, see
             :class:`~hessian_eigenthings.operators.model_operator.ModelCurvatureOperator`).
 
     Example:
@@ -201,7 +200,7 @@ class HessianOperator(ModelCurvatureOperator):
         fd_eps: float | None = None,
         backend: LinAlgBackend | None = None,
         process_group: Any = None,
-        reuse_graph: ReuseGraph = "auto",
+        reuse_graph: bool = False,
     ) -> None:
         if not callable(loss_fn):
             raise InvalidArgumentError(
@@ -310,13 +309,15 @@ class HessianOperator(ModelCurvatureOperator):
         self, lin: _Gradient, batch: Any, V: Sequence[torch.Tensor], sink: ProductSink
     ) -> None:
         # only the second backward: ∇²L V = ∂⟨∇L, V⟩/∂θ on the kept graph, which it retains
-        s = _contract(lin, V)
-        if s is None:
+        if not lin:
             return
-        if sink.m == 1:
-            sink.add_gradient(0, s[0], retain_graph=True)
-        else:
-            sink.add_blocks(self._second_backward(s, retain=True))
+        if sink.m == 1:  # V as the backward's seeds: no contraction graph, no n-sized seed
+            grads, seeds = [g for _, g in lin], [V[i][0] for i, _ in lin]
+            sink.add_gradient(0, grads, seeds, retain_graph=True)
+            return
+        s = _contract(lin, V)
+        assert s is not None
+        sink.add_blocks(self._second_backward(s, retain=True))
 
     def _directional_derivatives(
         self, batch: Any, V: Sequence[torch.Tensor]
