@@ -220,7 +220,10 @@ class FisherOperator(SandwichOperator):
     def batch_cotangents(
         self, batch: Any, V: Sequence[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return super().batch_cotangents(self._inner(batch), V)
+        try:
+            return super().batch_cotangents(self._inner(batch), V)
+        finally:
+            self._rows = None  # this chunk's; nothing of a product outlives it
 
     def batch_linearize(self, batch: Any) -> Linearization:
         return super().batch_linearize(self._inner(batch))
@@ -228,7 +231,10 @@ class FisherOperator(SandwichOperator):
     def linearized_accumulate(
         self, lin: Linearization, batch: Any, V: Sequence[torch.Tensor], sink: ProductSink
     ) -> None:
-        super().linearized_accumulate(lin, self._inner(batch), V, sink)
+        try:
+            super().linearized_accumulate(lin, self._inner(batch), V, sink)
+        finally:
+            self._rows = None
 
     # -- output space ----------------------------------------------------------------------------
 

@@ -141,7 +141,10 @@ class ProductSink:
             if key not in seen:
                 seen.add(key)
                 self._graph_bytes += size
-            return t
+            # Not t itself: a saved output would then hold its own grad_fn through the packed
+            # object, a reference cycle through C++ that is never freed. The autograd edge of
+            # a saved tensor is restored from the graph on unpacking, not from this tensor.
+            return t.detach()
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             yield
