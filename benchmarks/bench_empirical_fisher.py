@@ -9,6 +9,8 @@ one CPU thread) and each number of samples N in the batch, this measures in the 
 * ``forward_mode_shared_jvp`` — the same with ``jvp="shared"`` (no separate forward);
 * ``default`` — the operator as constructed by default (``per_sample_limit=2``): one ordinary
   gradient per sample for N ≤ 2, the forward-mode route above;
+* ``default_reuse_graph`` — the same with ``reuse_graph=True``: the N per-sample gradients
+  (N ≤ 2) or the linearisation kept between products (the timed products reuse them);
 * ``per_sample_loop`` — a plain loop of N gradients and Σ gᵢ (gᵢᵀ v)/N outside the operator: the
   per-sample route the operator must not be slower than when samples are few.
 
@@ -60,6 +62,7 @@ def run(w: Workload, n: int, repeats: int) -> None:
             ("default", 2, "separate"),
         )
     }
+    ops["default_reuse_graph"] = EmpiricalFisherOperator(w.model, [batch], loss, reuse_graph=True)
 
     def gradient() -> Any:
         return torch.autograd.grad(w.loss_fn(w.model, batch), params)
