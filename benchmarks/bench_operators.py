@@ -264,6 +264,10 @@ OPERATORS: dict[str, OperatorBuilder] = {
 }
 
 
+#: methods without a graph to keep (``reuse_graph`` changes nothing for them)
+_NOTHING_TO_REUSE = {"hessian/forward_over_reverse", "hessian/finite_difference"}
+
+
 # -- peers --------------------------------------------------------------------------------
 #
 # Other libraries' products on the same workload, each used the way that library is fastest on
@@ -275,12 +279,28 @@ Product = Callable[[], Any]
 PeerFactory = Callable[[Workload, list[torch.Tensor]], "Product | None"]
 
 
+class _Versions:
+    """Whether the parameters were written since the last call (finite differences do)."""
+
+    def __init__(self, w: Workload) -> None:
+        self.params = w.params
+        self.seen: list[int] = []
+
+    def changed(self) -> bool:
+        now = [p._version for p in self.params]
+        stale, self.seen = now != self.seen, now
+        return stale
+
+
 def _kept_graph_hvp(w: Workload, v_list: list[torch.Tensor]) -> Product:
     """PyHessian's single-batch mode: ∇L with its graph built once, then
     ``grad(∇L, θ, v, retain_graph=True)`` per product (its ``hessian_vector_product``)."""
     kept: list[Any] = []
+    versions = _Versions(w)
 
     def product() -> Any:
+        if versions.changed():  # PyHessian would need a new object: the graph is stale
+            kept.clear()
         if not kept:
             kept.extend(
                 torch.autograd.grad(w.loss_fn(w.model, w.batch), w.params, create_graph=True)
@@ -297,8 +317,11 @@ def _backpack_ggnvp(w: Workload, v_list: list[torch.Tensor]) -> Product | None:
     except ImportError:
         return None
     kept: list[torch.Tensor] = []
+    versions = _Versions(w)
 
     def product() -> Any:
+        if versions.changed():
+            kept.clear()
         if not kept:
             out = w.forward(w.model, w.batch)
             kept.extend((w.loss_of_output(out, w.batch), out))
@@ -405,7 +428,7 @@ def run(
     for name, build in operators.items():
         if reuse in ("off", "both"):
             factories[name] = ours(build, False)
-        if reuse in ("on", "both"):
+        if reuse in ("on", "both") and name not in _NOTHING_TO_REUSE:
             factories[f"{name}/reuse_graph"] = ours(build, True)
     for name, peer in peers.items():
         if peer(w, v_list) is None:
