@@ -41,7 +41,7 @@ samples; other tensors (and non-tensors) are shared by all samples.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -290,10 +290,11 @@ class EmpiricalFisherOperator(SandwichOperator):
 
     def batch_accumulate(self, batch: Any, V: Sequence[torch.Tensor], sink: ProductSink) -> None:
         explicit = self._explicit_route(batch)
-        if explicit is not None:
-            sink.add_blocks(self._explicit(*explicit, batch, V))
-        else:
+        if explicit is None:
             super().batch_accumulate(batch, V, sink)
+        else:
+            losses, n = explicit
+            _add_samples(self._sample_gradients(losses, n, batch), n, V, sink)
 
     def batch_linearize(self, batch: Any) -> Any:  # Linearization | _SampleGradients
         """Kept for ``reuse_graph``: the per-sample gradients of a batch small enough for the
@@ -314,10 +315,7 @@ class EmpiricalFisherOperator(SandwichOperator):
         if isinstance(lin, Linearization):
             super().linearized_accumulate(lin, batch, V, sink)
             return
-        out: Blocks = [None] * len(V)
-        for g in lin.grads:
-            _fold(out, g, V, 1 / len(lin.grads))
-        sink.add_blocks(out)
+        _add_samples(lin.grads, len(lin.grads), V, sink)
 
     def _explicit_route(self, batch: Any) -> tuple[_PerSampleLosses, int] | None:
         """(losses, N) when this batch is small enough for one gradient per sample."""
@@ -356,6 +354,28 @@ class _SampleGradients:
 
     def __init__(self, grads: list[tuple[torch.Tensor | None, ...]]) -> None:
         self.grads = grads
+
+
+def _add_samples(
+    grads: Iterable[Sequence[torch.Tensor | None]],
+    n: int,
+    V: Sequence[torch.Tensor],
+    sink: ProductSink,
+) -> None:
+    """``sink += Σᵢ gᵢ (gᵢᵀ V) / n`` over the per-sample gradients ``grads`` (each used and
+    dropped in turn). One direction: each block written straight into the sum, no temporary."""
+    if sink.m > 1:
+        out: Blocks = [None] * len(V)
+        for g in grads:
+            _fold(out, g, V, 1 / n)
+        sink.add_blocks(out)
+        return
+    for g in grads:
+        live = [(k, t) for k, t in enumerate(g) if t is not None]
+        d = sum(torch.dot(V[k][0].reshape(-1), t.reshape(-1)) for k, t in live)
+        coeff = float(d) / n
+        for k, t in live:
+            sink.add(k, 0, t, alpha=coeff)
 
 
 def _fold(

@@ -154,17 +154,20 @@ class ProductSink:
             self.buffer.resize_(sum(self.numels), self.m)
         return self.buffer[self.offsets[i] : self.offsets[i] + self.numels[i]]
 
-    def add(self, i: int, j: int, block: torch.Tensor) -> None:
-        """Column ``j`` of parameter ``i`` += ``weight · block`` (``block`` shaped like it)."""
+    def add(self, i: int, j: int, block: torch.Tensor, alpha: float = 1.0) -> None:
+        """Column ``j`` of parameter ``i`` += ``weight · alpha · block`` (``block`` shaped like
+        it), in one pass over the block and no temporary."""
         target = self._rows(i)[:, j].view(self.shapes[i])
+        factor = self.weight * alpha
         if self._written[i][j]:
-            target.add_(block.detach(), alpha=self.weight)
-        else:
+            target.add_(block.detach(), alpha=factor)
+            return
+        if factor == 1.0:
             target.copy_(block.detach())
-            if self.weight != 1.0:
-                target.mul_(self.weight)
-            self._written[i][j] = True
-            self._unwritten -= 1
+        else:
+            torch.mul(block.detach(), factor, out=target)
+        self._written[i][j] = True
+        self._unwritten -= 1
 
     def add_blocks(self, blocks: Sequence[torch.Tensor | None]) -> None:
         """``sum += weight · blocks`` for per-parameter (m, *shape) blocks (``None`` = zero)."""
