@@ -368,14 +368,18 @@ def _add_samples(
         out: Blocks = [None] * len(V)
         for g in grads:
             _fold(out, g, V, 1 / n)
+            del g  # before the next gradient is computed
         sink.add_blocks(out)
         return
     for g in grads:
         live = [(k, t) for k, t in enumerate(g) if t is not None]
+        del g
         d = sum(torch.dot(V[k][0].reshape(-1), t.reshape(-1)) for k, t in live)
         coeff = float(d) / n
-        for k, t in live:
+        while live:  # each block dropped once it is in the sum
+            k, t = live.pop()
             sink.add(k, 0, t, alpha=coeff)
+            del t
 
 
 def _fold(
