@@ -206,7 +206,10 @@ class ModelJacobian:
             return
         m = W.shape[0]
         for j in range(m):
-            sink.add_gradient(j, out, W[j], retain_graph=retain or j < m - 1)
+            # a kept graph (retain) is not streamed: see HessianOperator.linearized_accumulate
+            sink.add_gradient(
+                j, out, W[j], retain_graph=retain or j < m - 1, stream=False if retain else None
+            )
 
 
 class Linearization:

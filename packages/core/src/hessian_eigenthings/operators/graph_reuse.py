@@ -111,12 +111,16 @@ class GraphCache:
         self.fingerprint = None
         self.entries.clear()
 
-    def validate(self, model: nn.Module) -> None:
-        """Drop everything if the model changed since the linearisations were built."""
+    def validate(self, model: nn.Module) -> bool:
+        """Drop everything if the model changed since the linearisations were built; return
+        whether something is kept for the model exactly as it is (a product succeeded on it:
+        a failing one clears the cache)."""
         now = ModelFingerprint.of(model)
-        if self.fingerprint is None or self.fingerprint != now:
+        unchanged = self.fingerprint is not None and self.fingerprint == now
+        if not unchanged:
             self.entries.clear()
         self.fingerprint = now
+        return unchanged and bool(self.entries)
 
     def get(self, position: tuple[int, int], key: tuple[Any, ...]) -> Any:
         """The linearisation kept at ``position`` if it was built from the batch ``key`` names."""

@@ -195,9 +195,11 @@ class ProductSink:
         grad_outputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
         *,
         retain_graph: bool = False,
+        stream: bool | None = None,
     ) -> None:
         """Column ``j`` += ``weight · ∂⟨outputs, grad_outputs⟩/∂params`` (one tensor or
-        matching sequences, as for :func:`torch.autograd.grad`).
+        matching sequences, as for :func:`torch.autograd.grad`). ``stream`` forces the choice
+        below (``None``: decide as described).
 
         Streamed when the buffer exists or the graph recorded by :meth:`recording_graph` is
         smaller than it: a hook on each parameter hands its gradient to :meth:`add` as soon as
@@ -207,7 +209,9 @@ class ProductSink:
         then added. The hooks are removed before this returns, also when the backward raises.
         """
         nbytes = sum(self.numels) * self.m * self.buffer.element_size()
-        if self.fresh and self._graph_bytes >= nbytes:
+        if stream is None:
+            stream = not (self.fresh and self._graph_bytes >= nbytes)
+        if not stream:
             grads: list[torch.Tensor | None] = list(
                 torch.autograd.grad(
                     outputs,
@@ -527,13 +531,13 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
         sink = ProductSink(self.params, m, self._accumulate_dtype())
         total_weight = 0.0
         seen = 0
-        check_model_modes(self.model, warned=self._dropout_warned)
-        self._check_parameters_current()
         reuse = self._reuses_graph()
-        if reuse:
-            self._graph_cache.validate(self.model)
-        else:
+        if not reuse:
             self._graph_cache.clear()
+        if not (reuse and self._graph_cache.validate(self.model)):
+            # (a model unchanged since a product built the kept state passed these then)
+            check_model_modes(self.model, warned=self._dropout_warned)
+            self._check_parameters_current()
         failure: BaseException | None = None
         try:
             with preserved_model_state(self.model, restore_values=self.perturbs_parameters):
