@@ -24,6 +24,7 @@ Run: ``uv run python benchmarks/bench_empirical_fisher.py`` (``--quick`` for sma
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import sys
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from _harness import emit, interleaved_medians, peak_tensor_bytes, tensor_bytes
 from bench_operators import WORKLOADS, Batch, Workload
 
 from hessian_eigenthings import EmpiricalFisherOperator
+from hessian_eigenthings.operators._sandwich import JvpPass
 
 
 def _per_sample_loss(w: Workload) -> Callable[[nn.Module, Batch], torch.Tensor]:
@@ -54,13 +56,14 @@ def run(w: Workload, n: int, repeats: int) -> None:
     size = sum(p.numel() for p in params)
     v = torch.randn(size, generator=torch.Generator().manual_seed(3))
     loss = _per_sample_loss(w)
+    routes: tuple[tuple[str, int, JvpPass], ...] = (
+        ("forward_mode", 0, "separate"),
+        ("forward_mode_shared_jvp", 0, "shared"),
+        ("default", 2, "separate"),
+    )
     ops = {
         route: EmpiricalFisherOperator(w.model, [batch], loss, per_sample_limit=limit, jvp=jvp)
-        for route, limit, jvp in (
-            ("forward_mode", 0, "separate"),
-            ("forward_mode_shared_jvp", 0, "shared"),
-            ("default", 2, "separate"),
-        )
+        for route, limit, jvp in routes
     }
     ops["default_reuse_graph"] = EmpiricalFisherOperator(w.model, [batch], loss, reuse_graph=True)
 
@@ -76,7 +79,7 @@ def run(w: Workload, n: int, repeats: int) -> None:
         return out
 
     candidates: dict[str, Callable[[], Any]] = {"gradient": gradient}
-    candidates.update({route: (lambda op=op: op.matvec(v)) for route, op in ops.items()})
+    candidates.update({route: functools.partial(op.matvec, v) for route, op in ops.items()})
     candidates["per_sample_loop"] = per_sample_loop
     reference = per_sample_loop()
     times = interleaved_medians(candidates, repeats=repeats)

@@ -335,10 +335,7 @@ class EmpiricalFisherOperator(SandwichOperator):
         whose fixed cost dominates at such sizes. Each gᵢ is folded in and dropped, so the
         memory is a gradient's plus the output.
         """
-        out: Blocks = [None] * len(V)
-        for g in self._sample_gradients(losses, n, batch):
-            _fold(out, g, V, 1 / n)
-        return out
+        return _fold_samples(self._sample_gradients(losses, n, batch), n, V)
 
     def _sample_gradients(
         self, losses: _PerSampleLosses, n: int, batch: Any
@@ -365,11 +362,7 @@ def _add_samples(
     """``sink += Σᵢ gᵢ (gᵢᵀ V) / n`` over the per-sample gradients ``grads`` (each used and
     dropped in turn). One direction: each block written straight into the sum, no temporary."""
     if sink.m > 1:
-        out: Blocks = [None] * len(V)
-        for g in grads:
-            _fold(out, g, V, 1 / n)
-            del g  # before the next gradient is computed
-        sink.add_blocks(out)
+        sink.add_blocks(_fold_samples(grads, n, V))
         return
     for g in grads:
         live = [(k, t) for k, t in enumerate(g) if t is not None]
@@ -380,6 +373,17 @@ def _add_samples(
             k, t = live.pop()
             sink.add(k, 0, t, alpha=coeff)
             del t
+
+
+def _fold_samples(
+    grads: Iterable[Sequence[torch.Tensor | None]], n: int, V: Sequence[torch.Tensor]
+) -> Blocks:
+    """Σᵢ gᵢ (gᵢᵀ V) / n as per-parameter (m, *shape) blocks, each gᵢ dropped in turn."""
+    out: Blocks = [None] * len(V)
+    for g in grads:
+        _fold(out, g, V, 1 / n)
+        del g  # before the next gradient is computed
+    return out
 
 
 def _fold(

@@ -6,14 +6,14 @@ the GGN and Fisher operators the output z and the graph of Jᵀw. An operator th
 work off (:meth:`~hessian_eigenthings.operators.ModelCurvatureOperator.batch_linearize`) lets
 the engine keep it (``reuse_graph=True``) and, on later products, run only what depends on the
 directions — the second backward of a Hessian product, the J v and Jᵀ u backwards of a GGN
-product. On the benchmark models that is 1.2–2.5 gradients per product instead of 2.2–3.7.
+product. On the benchmark models that is 1.2–2.2 gradients per product instead of 2.2–3.4.
 
 The price is memory, which is why it is not the default: what is kept — the saved activations
 of the forward and of the first backward, plus its n-sized roots (∇L, or Jᵀw) — is held
 between products until the operator is garbage-collected or
 :meth:`~hessian_eigenthings.operators.ModelCurvatureOperator.clear_graph_cache` is called, one
 linearisation per (micro)batch, and a product can no longer free the graph as its backward
-goes. Measured peaks: 2.3–3.8 gradients' (1.6–1.8 of them held between products), against
+goes. Measured peaks: 2.3–3.3 gradients' (1.6–1.8 of them held between products), against
 0.9–2.9 when recomputing.
 
 A kept linearisation is used only while everything it was built from is unchanged, checked

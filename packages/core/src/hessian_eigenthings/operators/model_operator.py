@@ -298,7 +298,7 @@ class ModelCurvatureOperator(CurvatureOperator, ABC):
             directions (the forward pass and the graph of the first backward) and reuse it in
             later products while the model and the batches are unchanged — checked before
             every product, see :mod:`~hessian_eigenthings.operators.graph_reuse`. Products
-            then cost about 1.2–2.5 gradients instead of 2.2–3.7, for memory: about one
+            then cost about 1.2–2.2 gradients instead of 2.2–3.4, for memory: about one
             product's graph per batch held between products (:meth:`clear_graph_cache` frees
             it). Needs the batches in memory as a list or tuple. Operators without such a
             split (finite differences) ignore it.
