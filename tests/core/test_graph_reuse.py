@@ -321,3 +321,47 @@ def test_products_leave_nothing_allocated(family: str, kw: dict[str, str], reuse
         op.clear_graph_cache()
 
     assert _held_bytes(products) == 0
+
+
+class _ScaledIdentity(ModelCurvatureOperator):
+    """Batch b contributes c_b · I with c_b = mean(x²); c_b is its linearisation."""
+
+    calls = 0
+
+    def batch_matvec(self, batch: Any, v: Any) -> list[torch.Tensor]:
+        return [float(batch.pow(2).mean()) * t for t in v]
+
+    def batch_linearize(self, batch: Any) -> float:
+        type(self).calls += 1
+        return float(batch.pow(2).mean())
+
+    def linearized_accumulate(self, lin: float, batch: Any, V: Any, sink: Any) -> None:
+        sink.add_blocks([lin * t for t in V])
+
+
+def test_a_subclass_linearisation_is_built_once_and_weighted_like_any_product() -> None:
+    """The extension point: batches of 3 and 1 samples with c = 1 and 9 give the
+    sample-weighted mean (3·1 + 1·9)/4 = 3, from one linearisation per batch."""
+    model = nn.Linear(2, 1)
+    batches = [torch.full((3, 1), 1.0), torch.full((1, 1), 3.0)]
+    op = _ScaledIdentity(model, batches, reuse_graph=True)
+    _ScaledIdentity.calls = 0
+    for _ in range(3):
+        assert torch.equal(op @ torch.ones(3), torch.full((3,), 3.0))
+    assert _ScaledIdentity.calls == 2
+    batches[1] = torch.full((1, 1), 1.0)  # a new batch: rebuilt, the other one kept
+    assert torch.equal(op @ torch.ones(3), torch.ones(3))
+    assert _ScaledIdentity.calls == 3
+
+
+def test_a_linearisation_without_its_product_is_refused() -> None:
+    class Half(ModelCurvatureOperator):
+        def batch_matvec(self, batch: Any, v: Any) -> list[torch.Tensor]:
+            return list(v)
+
+        def batch_linearize(self, batch: Any) -> float:
+            return 1.0
+
+    op = Half(nn.Linear(2, 1), [torch.ones(2, 1)], reuse_graph=True)
+    with pytest.raises(NotImplementedError, match="must implement linearized_accumulate"):
+        op @ torch.ones(3)
